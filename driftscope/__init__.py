@@ -1,0 +1,24 @@
+"""driftscope: is held-out forgetting after a fine-tune lost knowledge or output bias?
+
+The public API; the CLI imports only from here.
+"""
+
+__version__ = "0.1.0"
+
+from driftscope.errors import DriftscopeError, ModelError, ProbeError, TokenizerMismatch  # noqa: E402
+from driftscope.probes import Probe, ProbeSuite, list_suites, load_suite  # noqa: E402
+from driftscope.result import DriftResult  # noqa: E402
+from driftscope.run import compare  # noqa: E402
+
+__all__ = [
+    "DriftResult",
+    "DriftscopeError",
+    "ModelError",
+    "Probe",
+    "ProbeError",
+    "ProbeSuite",
+    "TokenizerMismatch",
+    "compare",
+    "list_suites",
+    "load_suite",
+]

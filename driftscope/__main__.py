@@ -1,0 +1,3 @@
+from driftscope.cli import main
+
+main()

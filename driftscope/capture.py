@@ -1,0 +1,186 @@
+"""Tokenise probes, batch them, and capture distributions at scored positions.
+
+The decoder body runs as usual; a forward pre-hook on the LM head gathers the
+final hidden states at the scored positions only and hands the head a single
+position per row, so the model never builds (batch, length, vocab) logits.
+We then project the gathered (N, d_model) states ourselves.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from driftscope.probes import Probe
+
+NEXT, ANSWER = 0, 1  # position kinds: right after the prompt / inside the gold answer
+
+
+def join(prompt: str, continuation: str) -> tuple[str, str]:
+    """The scored text is prompt + continuation, with one space between them
+    when the prompt does not already end in whitespace."""
+    if prompt and not prompt[-1].isspace() and continuation and not continuation[0].isspace():
+        return prompt, " " + continuation
+    return prompt, continuation
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One probe as token ids: ids = prompt ids + answer ids (teacher forcing)."""
+
+    index: int  # position of the probe in the run's probe list
+    ids: tuple[int, ...]
+    n_prompt: int
+    n_answer: int
+    truncated: int  # prompt tokens dropped from the left to fit the context
+
+
+def render_prompt(tokenizer, prompt: str, chat: bool) -> str:
+    if chat:
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def encode(probe: Probe, index: int, tokenizer, chat: bool, max_length: int) -> Encoded:
+    text = render_prompt(tokenizer, probe.prompt, chat)
+    prompt_ids = tokenizer(text, add_special_tokens=not chat)["input_ids"]
+    answer_ids: list[int] = []
+    if probe.answer is not None:
+        _, cont = join(text, probe.answer)
+        answer_ids = tokenizer(cont, add_special_tokens=False)["input_ids"]
+    # Keep the answer whole and the end of the prompt; drop the prompt's start.
+    answer_ids = answer_ids[: max(0, max_length - 1)]
+    room = max_length - len(answer_ids)
+    dropped = max(0, len(prompt_ids) - room)
+    prompt_ids = prompt_ids[dropped:]
+    return Encoded(index, tuple(prompt_ids + answer_ids), len(prompt_ids), len(answer_ids), dropped)
+
+
+@dataclass
+class Batch:
+    """Right-padded ids and the scored positions, flattened over the batch.
+
+    input_ids, attention_mask: (B, T). rows, cols: (N,) the batch row and the
+    position whose output predicts the next token. gold: (N,) the token that
+    follows (-1 where the probe has no answer). kind: (N,) NEXT or ANSWER.
+    probe: (N,) index of the probe. offset: (N,) 0 for NEXT, k inside the answer.
+    """
+
+    items: list[Encoded]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    gold: torch.Tensor
+    kind: torch.Tensor
+    probe: torch.Tensor
+    offset: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        for name in ("input_ids", "attention_mask", "rows", "cols"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+def collate(items: list[Encoded], pad_id: int) -> Batch:
+    width = max(len(e.ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    rows, cols, gold, kind, probe, offset = [], [], [], [], [], []
+    for r, e in enumerate(items):
+        ids[r, : len(e.ids)] = torch.tensor(e.ids)
+        mask[r, : len(e.ids)] = 1
+        # Position n_prompt-1 predicts the first answer token (or is the bare next token).
+        for k in range(max(1, e.n_answer)):
+            rows.append(r)
+            cols.append(e.n_prompt - 1 + k)
+            gold.append(e.ids[e.n_prompt + k] if e.n_answer else -1)
+            kind.append(NEXT if k == 0 else ANSWER)
+            probe.append(e.index)
+            offset.append(k)
+    t = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    return Batch(items, ids, mask, t(rows), t(cols), t(gold), t(kind), t(probe), t(offset))
+
+
+def make_batches(encoded: list[Encoded], batch_size: int, pad_id: int) -> list[Batch]:
+    """Length-sorted batches: little padding, and padding never changes a figure."""
+    order = sorted(encoded, key=lambda e: (len(e.ids), e.index))
+    return [collate(order[i : i + batch_size], pad_id) for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class CaptureState:
+    """What the hooks gathered on the last forward pass."""
+
+    rows: torch.Tensor | None = None
+    cols: torch.Tensor | None = None
+    final: torch.Tensor | None = None  # (N, d_model) input of the LM head
+    modules: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N, d_model)
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@contextmanager
+def capture(model: torch.nn.Module, modules: dict[str, torch.nn.Module] | None = None):
+    """Hooks that gather hidden states at `state.rows, state.cols` only.
+
+    Yields a CaptureState; set its rows/cols before each forward pass. Every
+    hook is removed on exit, also after an exception.
+    """
+    state = CaptureState()
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError("model has no output embeddings (LM head)")
+
+    def shrink_head(_module, args):
+        hidden = args[0]  # (B, T, d_model)
+        if hidden.dim() != 3:  # our own call in project() on gathered states
+            return None
+        state.final = hidden[state.rows, state.cols]
+        return (hidden[:, :1, :],) + tuple(args[1:])  # the model's own logits: (B, 1, V), unused
+
+    def gather(name):
+        def hook(_module, _args, output):
+            state.modules[name] = _first(output)[state.rows, state.cols]
+
+        return hook
+
+    handles = [head.register_forward_pre_hook(shrink_head)]
+    try:
+        for name, module in (modules or {}).items():
+            handles.append(module.register_forward_hook(gather(name)))
+        yield state
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def softcap_of(model) -> float | None:
+    cfg = getattr(model, "config", None)
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def project(model, hidden: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LM head on gathered states -> (log-probs over ids [0, vocab), log-mass
+    on ids >= vocab), both float32. (N, d_model) -> (N, vocab), (N,)."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = softcap_of(model)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    full = torch.log_softmax(logits, dim=-1)
+    extra = torch.logsumexp(full[:, vocab:], dim=-1) if full.shape[-1] > vocab else torch.full_like(full[:, 0], float("-inf"))
+    return torch.log_softmax(logits[:, :vocab], dim=-1), extra
+
+
+@torch.inference_mode()
+def score(model, state: CaptureState, batch: Batch, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass; log-probs at the batch's scored positions (N, vocab)."""
+    state.rows, state.cols = batch.rows, batch.cols
+    state.modules.clear()
+    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return project(model, state.final, vocab)

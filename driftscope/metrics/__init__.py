@@ -1,0 +1,1 @@
+"""Pure tensor maths: tensors in, tensors out, no I/O."""

@@ -1,0 +1,221 @@
+"""The one orchestrator: compare(base, tuned..., probes) -> DriftResult."""
+
+from __future__ import annotations
+
+import gc
+import platform
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+import torch
+
+from driftscope import __version__
+from driftscope.capture import capture, encode, make_batches, score
+from driftscope.drift import DriftAccumulator
+from driftscope.errors import DriftscopeError, ProbeError
+from driftscope.models import Checkpoint, align_vocab, load_base, load_tuned
+from driftscope.probes import Probe, ProbeSuite, load_suite
+from driftscope.result import SCHEMA_VERSION, DriftResult
+from driftscope.tokenclasses import classes_for
+
+DEFAULT_SUITES = ("general",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 16  # CPU sweet spot for small models; raise it on a GPU
+    max_length: int | None = None  # None: the model's context
+    chat_template: str = "auto"  # auto: use the base tokenizer's template when it has one
+    seed: int = 0
+    top_tokens: int = 50  # gainers and losers kept in the tokens table
+    allow_pickle: bool = False
+
+
+def load_suites(specs) -> list[ProbeSuite]:
+    suites = [load_suite(s) for s in (specs or DEFAULT_SUITES)]
+    seen: dict[str, str] = {}
+    for s in suites:
+        if s.name in seen:
+            raise ProbeError(f"two probe suites are named {s.name!r} ({seen[s.name]} and {s.path})", "rename one in its _suite header")
+        seen[s.name] = s.path
+    return suites
+
+
+def _use_chat(tokenizer, mode: str) -> bool:
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has:
+        raise DriftscopeError("--chat-template on: the base tokenizer has no chat template", "use --chat-template off or auto")
+    if mode not in ("auto", "on", "off"):
+        raise DriftscopeError(f"--chat-template {mode}: unknown mode", "use auto, on or off")
+    return mode == "on" or (mode == "auto" and has)
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    labels: list[str] = []
+    for p in paths:
+        label = p.name or str(p)
+        while label in labels:
+            label = f"{p.parent.name}/{label}" if p.parent.name and "/" not in label else f"{label}'"
+        labels.append(label)
+    return labels
+
+
+def compare(
+    base: str | Path,
+    tuned: str | Path | list[str | Path],
+    probes: list[str | Path] | None = None,
+    *,
+    classes: dict[str, str] | None = None,
+    out: str | Path | None = "reports",
+    name: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    **settings,
+) -> DriftResult:
+    """Compare each tuned checkpoint with the base on the probe suites.
+
+    Writes the run to `out/name` unless `out` is None. Settings are the fields
+    of `Settings` (device, dtype, batch_size, max_length, chat_template, seed...).
+    """
+    s = Settings(**settings)
+    if s.batch_size < 1:
+        raise DriftscopeError(f"--batch-size {s.batch_size}: must be at least 1")
+    started = time.time()
+    torch.manual_seed(s.seed)
+    tuned_paths = [Path(t) for t in (tuned if isinstance(tuned, (list, tuple)) else [tuned])]
+    if not tuned_paths:
+        raise DriftscopeError("no tuned checkpoint given", "driftscope compare BASE TUNED [TUNED ...]")
+    suites = load_suites(probes)
+    probe_list: list[Probe] = [p for suite in suites for p in suite.probes]
+
+    base_ck = load_base(base, s.device, s.dtype, s.allow_pickle)
+    tuned_cks: list[Checkpoint] = []
+    alignments = []
+    for path, label in zip(tuned_paths, _labels(tuned_paths)):
+        ck = load_tuned(path, base_ck, label, s.allow_pickle)
+        alignments.append(align_vocab(base_ck.tokenizer, ck.tokenizer))
+        tuned_cks.append(ck)
+
+    tok = base_ck.tokenizer
+    chat = _use_chat(tok, s.chat_template)
+    n_ctx = base_ck.n_ctx or 2048
+    max_length = min(s.max_length or n_ctx, n_ctx)
+    encoded = [encode(p, i, tok, chat, max_length) for i, p in enumerate(probe_list)]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    batches = make_batches(encoded, s.batch_size, pad_id)
+    vocab = min([len(tok)] + [c.model.get_output_embeddings().weight.shape[0] for c in [base_ck, *tuned_cks]])
+    table = classes_for(tok, classes)
+    suite_of = [p.suite for p in probe_list]
+    accs = [DriftAccumulator(c.label, [x.name for x in suites], suite_of, table, vocab) for c in tuned_cks]
+
+    device = next(base_ck.model.parameters()).device
+    total = len(batches) * (1 + len(tuned_cks))
+    done = 0
+    with ExitStack() as stack:
+        base_state = stack.enter_context(capture(base_ck.model))
+        states = [stack.enter_context(capture(c.model)) for c in tuned_cks]
+        for batch in batches:
+            batch.to(device)
+            base_out = score(base_ck.model, base_state, batch, vocab)
+            done += 1
+            for ck, st, acc in zip(tuned_cks, states, accs):
+                acc.update(batch, base_out, score(ck.model, st, batch, vocab))
+                done += 1
+            if progress:
+                progress(done, total)
+
+    probe_ids = [p.id for p in probe_list]
+    truncated = {p.suite: 0 for p in probe_list}
+    for e in encoded:
+        truncated[probe_list[e.index].suite] += e.truncated > 0
+    checkpoints = []
+    tables: dict[str, list[pl.DataFrame]] = {"positions": [], "classes": [], "tokens": []}
+    for ck, acc, align in zip(tuned_cks, accs, alignments):
+        figs = acc.figures()
+        figs["truncated_prompts"] = sum(truncated.values())
+        for sname, sfig in figs["suites"].items():
+            sfig["truncated_prompts"] = truncated.get(sname, 0)
+        checkpoints.append({"label": ck.label, "path": ck.path, "kind": ck.kind, "vocab": align.describe(), "figures": figs})
+        tables["positions"].append(acc.positions_table(probe_ids))
+        tables["classes"].append(acc.classes_table())
+        tables["tokens"].append(acc.tokens_table(s.top_tokens))
+
+    frames = {k: pl.concat(v, how="diagonal_relaxed") for k, v in tables.items() if v}
+    frames["items"] = items_table(frames["positions"], probe_list, encoded)
+    frames["suites"] = suites_table(checkpoints, suites)
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "driftscope_version": __version__,
+        "models": {"base": base_ck.describe(), "tuned": [c.describe() for c in tuned_cks]},
+        "suites": [
+            {"name": x.name, "version": x.version, "hash": x.hash, "description": x.description,
+             "n_probes": len(x), "n_with_answer": x.n_with_answer}
+            for x in suites
+        ],
+        "settings": {**asdict(s), "device": device.type, "dtype": str(next(base_ck.model.parameters()).dtype).replace("torch.", ""),
+                     "chat_template": chat, "max_length": max_length, "classes": classes or {}},
+        "classes": {name: int(table.membership[:, j].sum()) for j, name in enumerate(table.names)},
+        "checkpoints": checkpoints,
+    }
+    meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
+            "python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
+    result = DriftResult(summary, frames, meta)
+    del tuned_cks, base_ck
+    gc.collect()
+    if out is not None:
+        run_name = name or default_name(Path(base), tuned_paths)
+        result.meta["name"] = run_name
+        result.to_dir(Path(out) / run_name, overwrite=overwrite)
+    return result
+
+
+def default_name(base: Path, tuned: list[Path]) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = tuned[0].name if len(tuned) == 1 else f"{tuned[0].name}-{len(tuned)}ckpts"
+    return f"{stamp}-{base.name}-vs-{target}"
+
+
+def items_table(positions: pl.DataFrame, probes: list[Probe], encoded) -> pl.DataFrame:
+    """One row per (checkpoint, probe): drift at the next position and over the answer."""
+    meta = pl.DataFrame({
+        "probe_index": [e.index for e in encoded],
+        "prompt": [probes[e.index].prompt for e in encoded],
+        "answer": [probes[e.index].answer for e in encoded],
+        "n_prompt_tokens": [e.n_prompt for e in encoded],
+        "truncated_tokens": [e.truncated for e in encoded],
+    }, schema_overrides={"answer": pl.String})
+    agg = positions.group_by("checkpoint", "probe_index").agg(
+        pl.col("suite").first(),
+        pl.col("probe_id").first(),
+        pl.len().alias("n_positions"),
+        pl.col("kl").filter(pl.col("kind") == "next").first().alias("kl_next"),
+        pl.col("kl").mean().alias("kl_mean"),
+        pl.col("js").filter(pl.col("kind") == "next").first().alias("js_next"),
+        pl.col("top1_agree").filter(pl.col("kind") == "next").first().alias("top1_agree_next"),
+        (pl.col("q_numeric") - pl.col("p_numeric")).filter(pl.col("kind") == "next").first().alias("numeric_shift_next"),
+        pl.col("p_gold").log().sum().alias("logp_answer"),
+        pl.col("q_gold").log().sum().alias("logq_answer"),
+    )
+    return agg.join(meta, on="probe_index", how="left").sort("checkpoint", "probe_index")
+
+
+def suites_table(checkpoints: list[dict], suites: list[ProbeSuite]) -> pl.DataFrame:
+    meta = {x.name: x for x in suites}
+    rows = []
+    for c in checkpoints:
+        for name, f in c["figures"]["suites"].items():
+            rows.append({
+                "checkpoint": c["label"], "suite": name, "version": meta[name].version, "hash": meta[name].hash,
+                "n_probes": f["n_probes"], "n_positions": f["n_positions"],
+                "kl_mean": f["kl"]["mean"], "kl_p99": f["kl"]["p99"], "js_mean": f["js"]["mean"],
+                "top1_agreement": f["top1_agreement"],
+                "numeric_base": f["classes"]["numeric"]["base"], "numeric_tuned": f["classes"]["numeric"]["tuned"],
+                "numeric_shift": f["classes"]["numeric"]["shift"], "kl_between_share": f["kl_split"]["between_share"],
+            })
+    return pl.DataFrame(rows)

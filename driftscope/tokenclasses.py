@@ -1,0 +1,149 @@
+"""Token classes: named sets of token ids, decided once per tokenizer.
+
+A class is decided from each token's text with the tokenizer's space markers
+stripped ("Ġ42" and "▁42" are both "42"). Built-in classes register exactly as a
+user's `--class NAME=REGEX` does, through `TokenClass`. Five of them form a
+partition of the vocabulary (every id in exactly one), used to split KL into a
+change of output type and a change of content.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from driftscope.errors import DriftscopeError
+
+NUMBER_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety "
+    "hundred thousand million billion"
+).split()
+
+_NUMERIC = re.compile(
+    r"[0-9]+"  # 42
+    r"|[0-9]+(?:st|nd|rd|th)"  # 3rd
+    r"|[0-9]*\.[0-9]+|[0-9]+\.[0-9]*"  # 3.14, .5, 3.
+    r"|[0-9]{1,3}(?:,[0-9]{3})+"  # 1,000
+    r"|(?:" + "|".join(NUMBER_WORDS) + r")",
+    re.IGNORECASE,
+)
+_OPTION = re.compile(r"\(?[A-E][).:]?|\([A-E]\)")
+
+# Markers tokenizers use for a leading space or a newline inside token strings.
+_SPACE_MARKERS = {"Ġ": " ", "▁": " ", "Ċ": "\n", "ĉ": "\t"}
+
+
+@dataclass(frozen=True)
+class TokenClass:
+    name: str
+    matches: Callable[[str], bool]  # called on the stripped text
+    description: str = ""
+    special: bool = False  # membership decided by the tokenizer's special ids, not text
+
+
+def _is_punct(text: str) -> bool:
+    return bool(text) and all(unicodedata.category(ch)[0] in "PS" for ch in text)
+
+
+def regex_class(name: str, pattern: str) -> TokenClass:
+    """A user class: tokens whose stripped text fully matches `pattern`."""
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise DriftscopeError(f"--class {name}: bad regular expression ({e})", "write NAME=REGEX, e.g. yesno=(?i)yes|no")
+    return TokenClass(name, lambda t: bool(rx.fullmatch(t)), f"user regex {pattern}")
+
+
+BUILTIN: dict[str, TokenClass] = {
+    c.name: c
+    for c in (
+        TokenClass("special", lambda t: False, "EOS, pad, BOS and other control tokens", special=True),
+        TokenClass("numeric", lambda t: bool(_NUMERIC.fullmatch(t)), "digits, ordinals, decimals, 1,000, zero..billion"),
+        TokenClass("whitespace", lambda t: t == "", "spaces, tabs and newlines only"),
+        TokenClass("punctuation", _is_punct, "punctuation and symbols only"),
+        TokenClass("option_letter", lambda t: bool(_OPTION.fullmatch(t)), "A-E as option letters: A, (A, A), A., A:"),
+    )
+}
+# The partition for the KL split, in priority order; "other" takes the rest.
+PARTITION = ("special", "numeric", "whitespace", "punctuation", "other")
+
+
+def token_texts(tokenizer) -> list[str]:
+    """Each id's surface text, space markers turned back into spaces."""
+    n = len(tokenizer)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
+    texts = []
+    for piece in pieces:
+        piece = piece or ""
+        m = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)  # SentencePiece byte fallback
+        if m:
+            b = int(m.group(1), 16)
+            texts.append(chr(b) if b < 128 else "\ufffd")
+            continue
+        texts.append("".join(_SPACE_MARKERS.get(ch, ch) for ch in piece))
+    return texts
+
+
+def strip_text(text: str) -> str:
+    """Text without surrounding whitespace; a whitespace-only token becomes ""."""
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class ClassTable:
+    """Membership of every id in every class.
+
+    membership: (V, C) bool, one column per name in `names` (built-ins, then user).
+    partition:  (V, P) bool one-hot over PARTITION.
+    """
+
+    names: tuple[str, ...]
+    membership: torch.Tensor
+    partition: torch.Tensor
+    texts: tuple[str, ...]
+
+    def ids(self, name: str) -> torch.Tensor:
+        return self.membership[:, self.names.index(name)].nonzero().flatten()
+
+
+def build_classes(texts: list[str], special_ids: set[int], user: dict[str, str] | None = None) -> ClassTable:
+    """Decide every class for every token text (pure: no tokenizer needed)."""
+    classes = dict(BUILTIN)
+    for name, pattern in (user or {}).items():
+        if name in classes or name == "other":
+            raise DriftscopeError(f"--class {name}: that name is built in", "pick another class name")
+        classes[name] = regex_class(name, pattern)
+    stripped = [strip_text(t) for t in texts]
+    names = tuple(classes)
+    member = torch.zeros(len(texts), len(names), dtype=torch.bool)
+    for j, cls in enumerate(classes.values()):
+        for i, s in enumerate(stripped):
+            if cls.special:
+                member[i, j] = i in special_ids
+            elif i not in special_ids and texts[i] != "":
+                member[i, j] = cls.matches(s)
+    partition = torch.zeros(len(texts), len(PARTITION), dtype=torch.bool)
+    taken = torch.zeros(len(texts), dtype=torch.bool)
+    for j, name in enumerate(PARTITION[:-1]):
+        col = member[:, names.index(name)] & ~taken
+        partition[:, j] = col
+        taken |= col
+    partition[:, -1] = ~taken
+    return ClassTable(names, member, partition, tuple(texts))
+
+
+def special_ids(tokenizer) -> set[int]:
+    ids = set(tokenizer.all_special_ids)
+    for tid, added in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(added, "special", False):
+            ids.add(int(tid))
+    return {i for i in ids if i is not None and 0 <= i < len(tokenizer)}
+
+
+def classes_for(tokenizer, user: dict[str, str] | None = None) -> ClassTable:
+    return build_classes(token_texts(tokenizer), special_ids(tokenizer), user)
