@@ -64,8 +64,8 @@ class DriftAccumulator:
         self.probe_suite = probe_suite  # probe index -> suite name
         self.scopes = {"all": Scope(classes.names), **{s: Scope(classes.names) for s in suites}}
         self.movers = TokenMovers(vocab)
-        self.membership = classes.membership.float()  # (V, C)
-        self.partition = classes.partition.float()  # (V, P)
+        self.membership = classes.membership.double()  # (V, C)
+        self.partition = classes.partition.double()  # (V, P)
         self.rows: list[dict[str, np.ndarray]] = []
         self.nonfinite = 0
         self.new_token_mass = Moments()
@@ -73,7 +73,8 @@ class DriftAccumulator:
     def update(self, batch: Batch, base: tuple[torch.Tensor, torch.Tensor], tuned: tuple[torch.Tensor, torch.Tensor]) -> None:
         logp, _ = base
         logq, extra_q = tuned
-        logp, logq = logp.float().cpu(), logq.float().cpu()
+        # float64: KL between near-identical models is a small difference of big numbers.
+        logp, logq = logp.double().cpu(), logq.double().cpu()
         finite = torch.isfinite(logp).all(-1) & torch.isfinite(logq).all(-1)
         self.nonfinite += int((~finite).sum())
         if not finite.all():

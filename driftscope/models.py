@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +178,9 @@ def load_tuned(path: str | Path, base: Checkpoint, label: str | None = None, all
         model = copy.deepcopy(base.model)
         logging.getLogger("peft").setLevel(logging.ERROR)
         try:
-            model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
         except (ValueError, KeyError, RuntimeError, OSError) as e:
             raise ModelError(
                 f"{path}: adapter does not fit the base model {base.path} ({_first_line(e)})",

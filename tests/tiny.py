@@ -43,7 +43,8 @@ def train_bpe(path: Path, sentencepiece: bool = False, vocab_size: int = 400):
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS * 4, trainer)
+    # Frequent enough that " 42", " 3rd", " seven" and "1,000" become single tokens.
+    tok.train_from_iterator(CORPUS * 4 + ["the 42 and 3rd seven 1,000 A"] * 30, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<pad>",
                                    unk_token="<unk>" if sentencepiece else None)
     fast.save_pretrained(path)
@@ -76,7 +77,7 @@ def train_steps(model, tokenizer, texts: list[str], steps: int, lr: float, param
         loss.backward()
         opt.step()
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 def build_family(root: Path) -> dict[str, Path]:
