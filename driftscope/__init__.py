@@ -5,6 +5,7 @@ The public API; the CLI imports only from here.
 
 __version__ = "0.1.0"
 
+from driftscope.diagnose import Thresholds  # noqa: E402
 from driftscope.errors import DriftscopeError, ModelError, ProbeError, TokenizerMismatch  # noqa: E402
 from driftscope.probes import Probe, ProbeSuite, list_suites, load_suite  # noqa: E402
 from driftscope.result import DriftResult  # noqa: E402
@@ -17,6 +18,7 @@ __all__ = [
     "Probe",
     "ProbeError",
     "ProbeSuite",
+    "Thresholds",
     "TokenizerMismatch",
     "compare",
     "list_suites",

@@ -73,12 +73,14 @@ def compare(
     seed: Annotated[int, typer.Option(help="Seed for everything random.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run of the same name.")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Allow .bin weights (loaded with weights_only).")] = False,
+    verdict: Annotated[Optional[list[str]], typer.Option("--verdict", help="Verdict threshold KEY=VALUE (repeatable): alpha, min_drop, stable_margin, bias_recovery, loss_recovery, bootstrap.")] = None,
 ):
     """Compare TUNED checkpoints with BASE on held-out probes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import driftscope
 
+    thresholds = driftscope.Thresholds.from_pairs(dict(kv.partition("=")[::2] for kv in verdict or []))
     with Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task("scoring", total=None)
@@ -86,7 +88,7 @@ def compare(
             base, tuned, probes, classes=parse_classes(cls or []), out=out_dir, name=name, overwrite=overwrite,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             device=device, dtype=dtype, batch_size=batch_size, max_length=max_length,
-            chat_template=chat_template, seed=seed, allow_pickle=allow_pickle,
+            chat_template=chat_template, seed=seed, allow_pickle=allow_pickle, thresholds=thresholds,
         )
     print_headline(result)
     out.print(f"run written to [bold]{result.path}[/]", highlight=False)
@@ -98,14 +100,25 @@ def _fmt(x, spec=".4f", signed=False) -> str:
     return format(x, ("+" if signed else "") + spec)
 
 
+VERDICT_STYLE = {"stable": "green", "output-bias": "yellow", "knowledge-loss": "red", "mixed": "red",
+                 "inconclusive": "magenta", "no-answers": "dim"}
+
+
 def print_headline(result) -> None:
-    table = Table(title="drift against the base", title_justify="left")
-    for col in ("checkpoint", "KL mean", "KL p99", "top-1 agree", "numeric shift", "between-class KL"):
-        table.add_column(col, justify="left" if col == "checkpoint" else "right")
     for c in result.checkpoints:
         f = c["figures"]
-        table.add_row(c["label"], _fmt(f["kl"]["mean"]), _fmt(f["kl"]["p99"]), _fmt(f["top1_agreement"], ".1%"),
-                      _fmt(f["classes"]["numeric"]["shift"], ".3f", True), _fmt(f["kl_split"]["between_share"], ".0%"))
+        style = VERDICT_STYLE.get(f.get("verdict"), "bold")
+        prefix = f"{c['label']}: " if len(result.checkpoints) > 1 else ""
+        out.print(f"[{style}]{prefix}{f.get('verdict_sentence', '')}[/]", highlight=False, soft_wrap=True)
+    table = Table(title="drift against the base", title_justify="left")
+    for col in ("checkpoint", "verdict", "acc. change", "recovered", "KL mean", "KL p99", "top-1 agree", "numeric shift"):
+        table.add_column(col, justify="left" if col in ("checkpoint", "verdict") else "right")
+    for c in result.checkpoints:
+        f = c["figures"]
+        change = f.get("accuracy_change")
+        table.add_row(c["label"], f.get("verdict", "-"), _fmt(None if change is None else change * 100, "+.1f"),
+                      _fmt(f.get("recovered"), ".0%"), _fmt(f["kl"]["mean"]), _fmt(f["kl"]["p99"]),
+                      _fmt(f["top1_agreement"], ".1%"), _fmt(f["classes"]["numeric"]["shift"], ".3f", True))
     out.print(table)
     for c in result.checkpoints:
         f = c["figures"]

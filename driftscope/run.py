@@ -14,7 +14,10 @@ import polars as pl
 import torch
 
 from driftscope import __version__
+from driftscope.accuracy import OffsetEstimator
+from driftscope.assess import add_verdicts, answer_items, group_correlations, item_correlations
 from driftscope.capture import capture, encode, make_batches, score
+from driftscope.diagnose import Thresholds, sentence
 from driftscope.drift import DriftAccumulator
 from driftscope.errors import DriftscopeError, ProbeError
 from driftscope.models import Checkpoint, align_vocab, load_base, load_tuned
@@ -76,6 +79,7 @@ def compare(
     name: str | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    thresholds: Thresholds | None = None,
     **settings,
 ) -> DriftResult:
     """Compare each tuned checkpoint with the base on the probe suites.
@@ -84,6 +88,7 @@ def compare(
     of `Settings` (device, dtype, batch_size, max_length, chat_template, seed...).
     """
     s = Settings(**settings)
+    th = thresholds or Thresholds()
     if s.batch_size < 1:
         raise DriftscopeError(f"--batch-size {s.batch_size}: must be at least 1")
     started = time.time()
@@ -113,9 +118,11 @@ def compare(
     table = classes_for(tok, classes)
     suite_of = [p.suite for p in probe_list]
     accs = [DriftAccumulator(c.label, [x.name for x in suites], suite_of, table, vocab) for c in tuned_cks]
+    estimators = [OffsetEstimator(len(probe_list), vocab, s.seed) for _ in tuned_cks]
+    has_answers = any(p.answer is not None for p in probe_list)
 
     device = next(base_ck.model.parameters()).device
-    total = len(batches) * (1 + len(tuned_cks))
+    total = len(batches) * (1 + len(tuned_cks)) + (1 + 2 * len(tuned_cks)) * has_answers
     done = 0
     with ExitStack() as stack:
         base_state = stack.enter_context(capture(base_ck.model))
@@ -124,11 +131,24 @@ def compare(
             batch.to(device)
             base_out = score(base_ck.model, base_state, batch, vocab)
             done += 1
-            for ck, st, acc in zip(tuned_cks, states, accs):
-                acc.update(batch, base_out, score(ck.model, st, batch, vocab))
+            for ck, st, acc, est in zip(tuned_cks, states, accs, estimators):
+                tuned_out = score(ck.model, st, batch, vocab)
+                acc.update(batch, base_out, tuned_out)
+                est.update(batch, base_out[0], tuned_out[0])
                 done += 1
             if progress:
                 progress(done, total)
+
+    answers = []
+    if has_answers:
+        def tick():
+            nonlocal done
+            done += 1
+            if progress:
+                progress(done, total)
+
+        answers = answer_items(base_ck, tuned_cks, estimators, probe_list, encoded, chat, max_length,
+                               s.batch_size, vocab, tick)
 
     probe_ids = [p.id for p in probe_list]
     truncated = {p.suite: 0 for p in probe_list}
@@ -147,7 +167,21 @@ def compare(
         tables["tokens"].append(acc.tokens_table(s.top_tokens))
 
     frames = {k: pl.concat(v, how="diagonal_relaxed") for k, v in tables.items() if v}
-    frames["items"] = items_table(frames["positions"], probe_list, encoded)
+    frames["items"] = items_table(frames["positions"], probe_list, encoded, pl.concat(answers) if answers else None)
+    correlations = {}
+    for c in checkpoints:
+        f = c["figures"]
+        if has_answers:
+            items = frames["items"].filter(pl.col("checkpoint") == c["label"])
+            add_verdicts(f, items, th, s.seed)
+            correlations[c["label"]] = {"items": item_correlations(items, th, s.seed),
+                                        "suites": group_correlations(list(f["suites"].values()), th, s.seed)}
+        else:
+            for target in [f, *f["suites"].values()]:
+                target.update({"verdict": "no-answers", "verdict_reason": "no items with gold answers"})
+                target["verdict_sentence"] = sentence(target)
+    if has_answers and len(checkpoints) > 1:
+        correlations["checkpoints"] = group_correlations([c["figures"] for c in checkpoints], th, s.seed)
     frames["suites"] = suites_table(checkpoints, suites)
     summary = {
         "schema_version": SCHEMA_VERSION,
@@ -159,9 +193,11 @@ def compare(
             for x in suites
         ],
         "settings": {**asdict(s), "device": device.type, "dtype": str(next(base_ck.model.parameters()).dtype).replace("torch.", ""),
-                     "chat_template": chat, "max_length": max_length, "classes": classes or {}},
+                     "chat_template": chat, "max_length": max_length, "classes": classes or {},
+                     "thresholds": asdict(th)},
         "classes": {name: int(table.membership[:, j].sum()) for j, name in enumerate(table.names)},
         "checkpoints": checkpoints,
+        "correlations": correlations,
     }
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
             "python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
@@ -181,8 +217,9 @@ def default_name(base: Path, tuned: list[Path]) -> str:
     return f"{stamp}-{base.name}-vs-{target}"
 
 
-def items_table(positions: pl.DataFrame, probes: list[Probe], encoded) -> pl.DataFrame:
-    """One row per (checkpoint, probe): drift at the next position and over the answer."""
+def items_table(positions: pl.DataFrame, probes: list[Probe], encoded, answers: pl.DataFrame | None) -> pl.DataFrame:
+    """One row per (checkpoint, probe): drift at the next position and over the
+    answer, and each model's answer and correctness where the probe has one."""
     meta = pl.DataFrame({
         "probe_index": [e.index for e in encoded],
         "prompt": [probes[e.index].prompt for e in encoded],
@@ -202,7 +239,10 @@ def items_table(positions: pl.DataFrame, probes: list[Probe], encoded) -> pl.Dat
         pl.col("p_gold").log().sum().alias("logp_answer"),
         pl.col("q_gold").log().sum().alias("logq_answer"),
     )
-    return agg.join(meta, on="probe_index", how="left").sort("checkpoint", "probe_index")
+    out = agg.join(meta, on="probe_index", how="left")
+    if answers is not None:
+        out = out.join(answers, on=["checkpoint", "probe_index"], how="left")
+    return out.sort("checkpoint", "probe_index")
 
 
 def suites_table(checkpoints: list[dict], suites: list[ProbeSuite]) -> pl.DataFrame:
@@ -217,5 +257,9 @@ def suites_table(checkpoints: list[dict], suites: list[ProbeSuite]) -> pl.DataFr
                 "top1_agreement": f["top1_agreement"],
                 "numeric_base": f["classes"]["numeric"]["base"], "numeric_tuned": f["classes"]["numeric"]["tuned"],
                 "numeric_shift": f["classes"]["numeric"]["shift"], "kl_between_share": f["kl_split"]["between_share"],
+                **{k: f.get(k) for k in ("accuracy_base", "accuracy_tuned", "accuracy_corrected", "accuracy_change",
+                                         "mcnemar_p", "recovered", "verdict")},
+                "accuracy_change_lo": (f.get("accuracy_change_ci") or [None, None])[0],
+                "accuracy_change_hi": (f.get("accuracy_change_ci") or [None, None])[1],
             })
     return pl.DataFrame(rows)

@@ -1,0 +1,174 @@
+"""Per-item accuracy of the base, the tuned model, and the tuned model with its
+constant output shift removed.
+
+- Free answers: greedy decoding of a few tokens, normalised exact match.
+  This is every item's primary correctness: what a user of the model sees.
+- Choice items additionally: log-likelihood of each choice after the prompt
+  (summed and per token); the argmax among the choices is the restricted
+  answer. Restricted accuracy that holds while free answers fall means the
+  knowledge is still there and only the output is tilted.
+- Bias correction: the tuned model's prompt-independent output shift is the
+  mean of log q - log p over the vocabulary at next-token positions. It is
+  estimated cross-fitted (K folds of items; an item is corrected with the
+  offset estimated on the other folds) and subtracted from the tuned logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import torch
+
+from driftscope.capture import NEXT, Batch, Encoded, capture, encode, make_batches, score
+
+FOLDS = 5  # cross-fitting folds: each offset is estimated on 80% of the items
+
+
+class OffsetEstimator:
+    """Per-fold sums of log q - log p at next-token positions: (K, V) float64."""
+
+    def __init__(self, n_probes: int, vocab: int, seed: int, folds: int = FOLDS):
+        perm = np.random.default_rng(seed).permutation(n_probes)
+        self.fold = torch.as_tensor(perm % folds)  # probe index -> fold
+        self.sums = torch.zeros(folds, vocab, dtype=torch.float64)
+        self.counts = torch.zeros(folds, dtype=torch.float64)
+
+    def update(self, batch: Batch, logp: torch.Tensor, logq: torch.Tensor) -> None:
+        sel = batch.kind == NEXT
+        d = (logq[sel] - logp[sel]).double().cpu()
+        ok = torch.isfinite(d).all(-1)
+        folds = self.fold[batch.probe[sel]][ok]
+        self.sums.index_add_(0, folds, d[ok])
+        self.counts.index_add_(0, folds, torch.ones(len(folds), dtype=torch.float64))
+
+    def offsets(self) -> torch.Tensor:
+        """(K, V): the offset to subtract from items of fold k (other folds' mean)."""
+        total, n = self.sums.sum(0), self.counts.sum()
+        rest = (n - self.counts).clamp_min(1)[:, None]
+        return ((total[None] - self.sums) / rest).float()
+
+    def for_probes(self, probe_idx: torch.Tensor) -> torch.Tensor:
+        return self.offsets()[self.fold[probe_idx]]
+
+
+# -- free answers -------------------------------------------------------------
+
+
+def normalise(text: str) -> str:
+    first = text.strip().split("\n")[0]
+    return re.sub(r"\s+", " ", first).strip().strip(".,;:!?\"'`").strip().lower()
+
+
+def is_match(generated: str, gold: str) -> bool:
+    """Normalised exact match; the answer may be followed by more text after a
+    word boundary ("Paris." and "Paris is" match "Paris"; "10" does not match "1")."""
+    g, t = normalise(gold), normalise(generated)
+    return t == g or (t.startswith(g) and not t[len(g)].isalnum())
+
+
+@torch.inference_mode()
+def greedy(model, prompts: list[list[int]], max_new: int, pad_id: int, eos_id: int | None,
+           offsets: torch.Tensor | None = None, vocab: int | None = None) -> list[list[int]]:
+    """Greedy decoding of a left-padded batch with the KV cache. `offsets` (B, vocab),
+    when given, is subtracted from the logits of ids [0, vocab) at every step."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p)
+        mask[r, width - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    new: list[list[int]] = [[] for _ in prompts]
+    last = pos[:, -1]
+    for _ in range(max_new):
+        logits = out.logits[:, -1].float()
+        if offsets is not None:
+            logits[:, :vocab] -= offsets.to(device)
+        nxt = logits.argmax(-1)
+        for r in range(len(prompts)):
+            if not done[r]:
+                new[r].append(int(nxt[r]))
+        if eos_id is not None:
+            done |= nxt == eos_id
+        if done.all():
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        last = last + 1
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
+                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+    return new
+
+
+def generate_all(model, tok, encoded: list[Encoded], batch_size: int, offsets_of=None, vocab=None) -> dict[int, str]:
+    """Greedy answers for every encoded probe (prompt part only): index -> text."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    order = sorted(encoded, key=lambda e: (e.n_prompt, e.index))
+    texts = {}
+    for i in range(0, len(order), batch_size):
+        chunk = order[i : i + batch_size]
+        max_new = min(max(e.n_answer for e in chunk) + 2, 24)
+        offs = offsets_of(torch.tensor([e.index for e in chunk])) if offsets_of else None
+        outs = greedy(model, [list(e.ids[: e.n_prompt]) for e in chunk], max_new, pad, tok.eos_token_id, offs, vocab)
+        for e, ids in zip(chunk, outs):
+            texts[e.index] = tok.decode(ids, skip_special_tokens=True)
+    return texts
+
+
+# -- choices --------------------------------------------------------------------
+
+
+def choice_sequences(probes, tok, chat: bool, max_length: int) -> tuple[list[Encoded], list[tuple[int, int]]]:
+    """One encoded sequence per (probe, choice); returns them and their (probe, choice) keys."""
+    seqs, keys = [], []
+    for i, p in enumerate(probes):
+        if not p.choices:
+            continue
+        for j, c in enumerate(p.choices):
+            e = encode(dataclasses.replace(p, answer=c), len(seqs), tok, chat, max_length)
+            seqs.append(e)
+            keys.append((i, j))
+    return seqs, keys
+
+
+def choice_logliks(model, batches: list[Batch], n_seqs: int, vocab: int, offsets_of=None, keys=None):
+    """Summed log-likelihood and token count of each choice sequence.
+
+    Returns (loglik, n_tokens) as (n_seqs,) arrays, and when `offsets_of` maps
+    probe indices to (N, vocab) offsets also the corrected log-likelihoods."""
+    ll = np.zeros(n_seqs)
+    ll_corr = np.zeros(n_seqs)
+    count = np.zeros(n_seqs)
+    probe_of_seq = torch.tensor([k[0] for k in keys]) if keys else None
+    with capture(model) as state:
+        for batch in batches:
+            logp, _ = score(model, state, batch, vocab)
+            logp = logp.double().cpu()
+            gold = batch.gold[:, None]
+            seq = batch.probe.numpy()
+            np.add.at(ll, seq, logp.gather(-1, gold).squeeze(-1).numpy())
+            np.add.at(count, seq, 1)
+            if offsets_of is not None:
+                corr = torch.log_softmax(logp - offsets_of(probe_of_seq[batch.probe]).double(), -1)
+                np.add.at(ll_corr, seq, corr.gather(-1, gold).squeeze(-1).numpy())
+    return ll, count, ll_corr
+
+
+def pick(ll: np.ndarray, keys: list[tuple[int, int]], n_probes: int, per_token: np.ndarray | None = None) -> dict[int, int]:
+    """Argmax choice per probe (by summed log-likelihood, or per token)."""
+    score_ = ll / per_token if per_token is not None else ll
+    best: dict[int, tuple[float, int]] = {}
+    for s, (i, j) in enumerate(keys):
+        if i not in best or score_[s] > best[i][0]:
+            best[i] = (score_[s], j)
+    return {i: j for i, (_, j) in best.items()}
+
+
+def batches_for(seqs: list[Encoded], batch_size: int, tok, device) -> list[Batch]:
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    return [b.to(device) for b in make_batches(seqs, batch_size, pad)]

@@ -1,0 +1,184 @@
+"""Accuracy statistics, correlations, bias-correction recovery and the verdict.
+
+Pure functions over per-item correctness arrays; no models, no I/O.
+
+The verdict, per suite and overall, from paired per-item correctness:
+
+    no-answers      the suite has no gold answers: drift figures only
+    stable          no significant drop, and the bootstrap interval of the change
+                    rules out a drop larger than `stable_margin`
+    inconclusive    no significant drop, but too few items to rule one out
+    output-bias     a significant drop, and removing the tuned model's constant
+                    output shift recovers at least `bias_recovery` of it (or the
+                    choice-restricted accuracy holds while free generation falls)
+    knowledge-loss  a significant drop that the correction recovers less than
+                    `loss_recovery` of
+    mixed           a significant drop with recovery in between
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+VERDICTS = ("stable", "output-bias", "knowledge-loss", "mixed", "inconclusive", "no-answers")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    alpha: float = 0.05  # McNemar significance for "accuracy changed"
+    min_drop: float = 0.02  # a drop under 2 points is not a finding, whatever p says
+    stable_margin: float = 0.05  # "stable" needs the 95% interval above -5 points
+    bias_recovery: float = 0.5  # output-bias: at least half the drop comes back
+    loss_recovery: float = 0.2  # knowledge-loss: under a fifth comes back
+    bootstrap: int = 1000  # resamples for intervals
+
+    @classmethod
+    def from_pairs(cls, pairs: dict[str, str]) -> Thresholds:
+        from driftscope.errors import DriftscopeError
+
+        fields = asdict(cls())
+        values = {}
+        for key, raw in pairs.items():
+            if key not in fields:
+                raise DriftscopeError(f"--verdict {key}: unknown threshold", f"known: {', '.join(fields)}")
+            try:
+                values[key] = type(fields[key])(raw)
+            except ValueError:
+                raise DriftscopeError(f"--verdict {key}={raw}: not a number")
+        return cls(**values)
+
+
+def mcnemar_exact(base: np.ndarray, tuned: np.ndarray) -> float:
+    """Two-sided exact McNemar p-value on paired 0/1 correctness."""
+    b = int(np.sum(base & ~tuned))  # lost
+    c = int(np.sum(~base & tuned))  # gained
+    if b + c == 0:
+        return 1.0
+    return float(stats.binomtest(b, b + c, 0.5).pvalue)
+
+
+def bootstrap_change(base: np.ndarray, tuned: np.ndarray, n: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval of mean(tuned) - mean(base), items resampled in pairs."""
+    if len(base) < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base), size=(n, len(base)))
+    diffs = tuned[idx].mean(1) - base[idx].mean(1)
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def recovery(acc_base: float, acc_tuned: float, acc_corrected: float) -> float:
+    """Share of the drop that the bias correction brings back (1 = all of it)."""
+    drop = acc_base - acc_tuned
+    return (acc_corrected - acc_tuned) / drop if drop > 0 else math.nan
+
+
+def accuracy_figures(base, tuned, corrected, th: Thresholds, seed: int = 0, restricted=None) -> dict:
+    """Figures and verdict for one group of items.
+
+    base, tuned, corrected: (n,) bool correctness. `restricted`: optional
+    (base, tuned) correctness of the choice items when scored among their
+    choices, beside free generation, for the second output-bias test.
+    """
+    base, tuned, corrected = (np.asarray(x, dtype=bool) for x in (base, tuned, corrected))
+    n = len(base)
+    if n == 0:
+        return {"n_items": 0, "verdict": "no-answers", "verdict_reason": "no items with gold answers"}
+    acc_b, acc_t, acc_c = base.mean(), tuned.mean(), corrected.mean()
+    change = acc_t - acc_b
+    p = mcnemar_exact(base, tuned)
+    lo, hi = bootstrap_change(base, tuned, th.bootstrap, seed)
+    dropped = p < th.alpha and change <= -th.min_drop
+    rec = recovery(acc_b, acc_t, acc_c) if dropped else math.nan
+    out = {
+        "n_items": n,
+        "accuracy_base": acc_b,
+        "accuracy_tuned": acc_t,
+        "accuracy_corrected": acc_c,
+        "accuracy_change": change,
+        "accuracy_change_ci": [lo, hi],
+        "mcnemar_p": p,
+        "items_lost": int(np.sum(base & ~tuned)),
+        "items_gained": int(np.sum(~base & tuned)),
+        "recovered": rec,
+    }
+    held = None
+    if restricted is not None and len(restricted[0]):
+        rb, rt = (np.asarray(x, dtype=bool) for x in restricted)
+        r_change = rt.mean() - rb.mean()
+        r_p = mcnemar_exact(rb, rt)
+        held = not (r_p < th.alpha and r_change <= -th.min_drop)
+        out["restricted"] = {"n_items": len(rb), "accuracy_base": rb.mean(), "accuracy_tuned": rt.mean(),
+                             "accuracy_change": r_change, "mcnemar_p": r_p, "held": held}
+    out["verdict"], out["verdict_reason"] = decide(out, th, held)
+    return out
+
+
+def decide(f: dict, th: Thresholds, restricted_held: bool | None = None) -> tuple[str, str]:
+    change, p, (lo, _hi), rec = f["accuracy_change"], f["mcnemar_p"], f["accuracy_change_ci"], f["recovered"]
+    if not (p < th.alpha and change <= -th.min_drop):
+        if not math.isnan(lo) and lo >= -th.stable_margin:
+            return "stable", f"no significant drop (McNemar p={p:.3g}); 95% interval of the change {lo:+.1%} to {_hi:+.1%}"
+        return "inconclusive", (f"no significant drop (p={p:.3g}) but the 95% interval reaches {lo:+.1%}: "
+                                f"too few items ({f['n_items']}) to rule out a drop over {th.stable_margin:.0%}")
+    if rec >= th.bias_recovery:
+        return "output-bias", f"significant drop (p={p:.3g}); the bias correction recovers {rec:.0%} (>= {th.bias_recovery:.0%})"
+    if restricted_held:
+        return "output-bias", f"significant drop in free answers (p={p:.3g}) while accuracy among the choices holds"
+    if rec < th.loss_recovery:
+        return "knowledge-loss", f"significant drop (p={p:.3g}); the bias correction recovers only {rec:.0%} (< {th.loss_recovery:.0%})"
+    return "mixed", f"significant drop (p={p:.3g}); the bias correction recovers {rec:.0%}, between {th.loss_recovery:.0%} and {th.bias_recovery:.0%}"
+
+
+def sentence(f: dict) -> str:
+    """The verdict in a sentence a reviewer understands."""
+    v = f.get("verdict")
+    if v == "no-answers":
+        return "No gold answers in these probes: drift figures only; accuracy and the verdict need answers."
+    change = f["accuracy_change"] * 100
+    numeric = f.get("classes", {}).get("numeric", {}).get("shift")
+    shift = f" ({numeric:+.2f} numeric mass)" if numeric is not None and not math.isnan(numeric) else ""
+    if v == "stable":
+        return f"Held-out accuracy moved {change:+.1f} points, within noise: stable."
+    if v == "inconclusive":
+        lo = f["accuracy_change_ci"][0] * 100
+        return f"Held-out accuracy moved {change:+.1f} points; with {f['n_items']} items a drop of up to {-lo:.1f} points cannot be ruled out: inconclusive."
+    rec = f.get("recovered")
+    back = f"{rec:.0%} returns when the output shift{shift} is removed" if rec is not None and not math.isnan(rec) else "no recovery figure"
+    tail = {"output-bias": "output bias, not lost knowledge.",
+            "knowledge-loss": "lost knowledge, not just output bias.",
+            "mixed": "part output bias, part lost knowledge."}[v]
+    if v == "output-bias" and f.get("restricted", {}).get("held") and (rec is None or math.isnan(rec) or rec < 0.5):
+        back = "accuracy among the answer choices holds while free answers fall"
+    return f"Held-out accuracy fell {-change:.1f} points; {back}: {tail}"
+
+
+def correlation(x, y, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Pearson and Spearman with 95% bootstrap intervals (pairs resampled)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = len(x)
+    out = {"n": n, "pearson": math.nan, "pearson_ci": [math.nan, math.nan], "spearman": math.nan, "spearman_ci": [math.nan, math.nan]}
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out
+    out["pearson"] = float(stats.pearsonr(x, y).statistic)
+    out["spearman"] = float(stats.spearmanr(x, y).statistic)
+    if n >= 5:
+        rng = np.random.default_rng(seed)
+        ps, ss = [], []
+        for _ in range(n_boot):
+            i = rng.integers(0, n, n)
+            if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
+                continue
+            ps.append(np.corrcoef(x[i], y[i])[0, 1])
+            ss.append(stats.spearmanr(x[i], y[i]).statistic)
+        if ps:
+            out["pearson_ci"] = [float(v) for v in np.quantile(ps, [0.025, 0.975])]
+            out["spearman_ci"] = [float(v) for v in np.nanquantile(ss, [0.025, 0.975])]
+    return out

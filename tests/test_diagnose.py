@@ -1,0 +1,99 @@
+"""Accuracy statistics and the verdict rules on constructed correctness."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from driftscope.accuracy import is_match, normalise
+from driftscope.diagnose import Thresholds, accuracy_figures, correlation, mcnemar_exact, sentence
+
+TH = Thresholds(bootstrap=300)
+
+
+def pairs(n_both, n_lost, n_gained, n_neither):
+    base = np.array([1] * n_both + [1] * n_lost + [0] * n_gained + [0] * n_neither, dtype=bool)
+    tuned = np.array([1] * n_both + [0] * n_lost + [1] * n_gained + [0] * n_neither, dtype=bool)
+    return base, tuned
+
+
+def test_mcnemar_exact_is_a_binomial_test_on_discordant_pairs():
+    base, tuned = pairs(50, 12, 3, 35)
+    assert mcnemar_exact(base, tuned) == pytest.approx(stats.binomtest(12, 15, 0.5).pvalue)
+    assert mcnemar_exact(*pairs(10, 0, 0, 5)) == 1.0
+
+
+def test_output_bias_when_correction_recovers_the_drop():
+    base, tuned = pairs(60, 30, 0, 10)
+    corrected = base.copy()  # every lost item comes back
+    f = accuracy_figures(base, tuned, corrected, TH)
+    assert f["verdict"] == "output-bias" and f["recovered"] == pytest.approx(1.0)
+    assert f["accuracy_change"] == pytest.approx(-0.3)
+    assert "fell 30.0 points; 100% returns" in sentence(f)
+
+
+def test_knowledge_loss_when_nothing_comes_back():
+    base, tuned = pairs(60, 30, 0, 10)
+    f = accuracy_figures(base, tuned, tuned.copy(), TH)
+    assert f["verdict"] == "knowledge-loss" and f["recovered"] == 0
+    assert "lost knowledge" in sentence(f)
+
+
+def test_mixed_between_the_thresholds():
+    base, tuned = pairs(60, 30, 0, 10)
+    corrected = tuned.copy()
+    corrected[60:70] = True  # a third of the 30 lost items return
+    f = accuracy_figures(base, tuned, corrected, TH)
+    assert f["verdict"] == "mixed" and f["recovered"] == pytest.approx(1 / 3)
+
+
+def test_restricted_accuracy_that_holds_means_output_bias():
+    base, tuned = pairs(60, 30, 0, 10)
+    held = pairs(80, 1, 1, 18)
+    f = accuracy_figures(base, tuned, tuned.copy(), TH, restricted=held)
+    assert f["restricted"]["held"] and f["verdict"] == "output-bias"
+    assert "among the answer choices holds" in sentence(f)
+
+
+def test_stable_and_inconclusive_depend_on_the_number_of_items():
+    big = pairs(400, 3, 2, 95)
+    f = accuracy_figures(*big, big[1], TH)
+    assert f["verdict"] == "stable" and math.isnan(f["recovered"])
+    small = pairs(3, 2, 0, 1)  # a 33-point drop, but six items cannot show it
+    f = accuracy_figures(*small, small[1], TH)
+    assert f["verdict"] == "inconclusive" and "too few items (6)" in f["verdict_reason"]
+    assert accuracy_figures([], [], [], TH)["verdict"] == "no-answers"
+
+
+def test_thresholds_are_settable():
+    base, tuned = pairs(60, 30, 0, 10)
+    corrected = tuned.copy()
+    corrected[60:75] = True  # half comes back
+    assert accuracy_figures(base, tuned, corrected, TH)["verdict"] == "output-bias"
+    strict = Thresholds(bias_recovery=0.9, bootstrap=300)
+    assert accuracy_figures(base, tuned, corrected, strict)["verdict"] == "mixed"
+    assert Thresholds.from_pairs({"alpha": "0.01"}).alpha == 0.01
+    from driftscope.errors import DriftscopeError
+    with pytest.raises(DriftscopeError, match="unknown threshold"):
+        Thresholds.from_pairs({"nope": "1"})
+
+
+def test_correlation_matches_scipy_with_intervals():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=60)
+    y = 0.7 * x + rng.normal(scale=0.5, size=60)
+    c = correlation(x, y, n_boot=300)
+    assert c["pearson"] == pytest.approx(stats.pearsonr(x, y).statistic)
+    assert c["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert c["pearson_ci"][0] < c["pearson"] < c["pearson_ci"][1]
+    assert math.isnan(correlation([1, 2], [3, 4])["pearson"])  # too few points: no figure, no guess
+
+
+@pytest.mark.parametrize("generated, gold, ok", [
+    (" Paris.", "Paris", True), (" paris is the capital", "Paris", True), (" 10", "1", False),
+    ("151\n>>> 2", "151", True), (" Lyon", "Paris", False), ("  yes!", "yes", True),
+])
+def test_normalised_exact_match(generated, gold, ok):
+    assert is_match(generated, gold) is ok
+    assert normalise("  A  B. ") == "a b"
