@@ -74,6 +74,12 @@ def compare(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run of the same name.")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Allow .bin weights (loaded with weights_only).")] = False,
     verdict: Annotated[Optional[list[str]], typer.Option("--verdict", help="Verdict threshold KEY=VALUE (repeatable): alpha, min_drop, stable_margin, bias_recovery, loss_recovery, bootstrap.")] = None,
+    no_html: Annotated[bool, typer.Option("--no-html", help="Skip report.html and the runs index.")] = False,
+    no_weights: Annotated[bool, typer.Option("--no-weights", help="Skip the weight-distance table.")] = False,
+    no_layers: Annotated[bool, typer.Option("--no-layers", help="Skip per-layer activations, logit lens and components.")] = False,
+    gates: Annotated[Optional[str], typer.Option(help="Gate the run: a gates TOML file or 'default'. Exit 1 on a breach, 3 if inconclusive.")] = None,
+    junit: Annotated[Optional[Path], typer.Option(help="With --gates: write JUnit XML here.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="With --gates: write a Markdown summary here.")] = None,
 ):
     """Compare TUNED checkpoints with BASE on held-out probes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -81,6 +87,10 @@ def compare(
     import driftscope
 
     thresholds = driftscope.Thresholds.from_pairs(dict(kv.partition("=")[::2] for kv in verdict or []))
+    if gates:
+        from driftscope.gates import load_gates
+
+        load_gates(gates)  # a broken gates file fails before the models run
     with Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task("scoring", total=None)
@@ -89,9 +99,97 @@ def compare(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             device=device, dtype=dtype, batch_size=batch_size, max_length=max_length,
             chat_template=chat_template, seed=seed, allow_pickle=allow_pickle, thresholds=thresholds,
+            html=not no_html, weights=not no_weights, layers=not no_layers,
         )
     print_headline(result)
-    out.print(f"run written to [bold]{result.path}[/]", highlight=False)
+    out.print(f"run written to [bold]{result.path}[/]" + ("" if no_html else f" (open {result.path / 'report.html'})"),
+              highlight=False)
+    if gates:
+        raise typer.Exit(_gate(result.path, gates, None, junit, markdown))
+
+
+def _gate(run_dir: Path, spec: str, checkpoint: str | None, junit: Path | None, markdown: Path | None) -> int:
+    from driftscope.gates import evaluate, read_summary
+    from driftscope.gates_io import exit_code, outcome, to_junit, to_markdown, to_text, write_gate_files
+    from driftscope.result import atomic_write
+
+    summary = read_summary(run_dir)
+    table = evaluate(summary, spec, checkpoint)
+    write_gate_files(run_dir, table, str(spec))
+    if junit:
+        atomic_write(junit, to_junit(table))
+    if markdown:
+        atomic_write(markdown, to_markdown(table, summary))
+    out.print(to_text(table), highlight=False, soft_wrap=True)
+    code = exit_code(table)
+    style = {0: "green", 1: "red", 3: "magenta"}[code]
+    out.print(f"[{style}]gates {outcome(table)}[/] (exit {code})")
+    return code
+
+
+@app.command()
+@friendly
+def gate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by compare.")],
+    gates: Annotated[str, typer.Option(help="Gates TOML file, or 'default'.")] = "default",
+    checkpoint: Annotated[Optional[str], typer.Option(help="Gate only this checkpoint label (default: all).")] = None,
+    junit: Annotated[Optional[Path], typer.Option(help="Write JUnit XML here.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Write a Markdown summary here.")] = None,
+):
+    """Check a saved run against release gates: exit 0 pass, 1 fail, 3 inconclusive."""
+    raise typer.Exit(_gate(run_dir, gates, checkpoint, junit, markdown))
+
+
+@app.command()
+@friendly
+def report(
+    run_dir: Annotated[Optional[Path], typer.Argument(help="A run folder to rebuild report.html for.")] = None,
+    index: Annotated[Optional[Path], typer.Option("--index", help="Rebuild the runs index of this reports folder.")] = None,
+):
+    """Rebuild a run's report.html from its saved tables, or the runs index."""
+    from driftscope.errors import DriftscopeError
+    from driftscope.report import write_index, write_report
+
+    if run_dir is None and index is None:
+        raise DriftscopeError("nothing to do", "pass RUN_DIR, or --index REPORTS_DIR")
+    if run_dir is not None:
+        out.print(f"wrote {write_report(run_dir)}", highlight=False)
+        index = index or run_dir.parent
+    out.print(f"wrote {write_index(index)}", highlight=False)
+
+
+@app.command()
+@friendly
+def weights(
+    base: Annotated[Path, typer.Argument(help="Base model folder.")],
+    tuned: Annotated[Path, typer.Argument(help="Tuned model or PEFT adapter folder.")],
+    parquet: Annotated[Optional[Path], typer.Option(help="Write the per-tensor table here.")] = None,
+):
+    """Relative weight change per tensor, layer and module type (no forward pass)."""
+    from driftscope.models import checkpoint_kind
+    from driftscope.weights import weight_summary, weight_table
+
+    checkpoint_kind(base)
+    checkpoint_kind(tuned)
+    wt = weight_table(base, tuned)
+    ws = weight_summary(wt)
+    out.print(f"relative weight change overall: {ws['rel_change']:.4g} "
+              f"({ws['n_changed']} of {ws['n_tensors']} tensors changed)", highlight=False)
+    table = Table(title="by module type", title_justify="left")
+    for col in ("module", "tensors", "rel. change", "max"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for v in ws["by_module_type"]:
+        table.add_row(v["module_type"], str(v["n_tensors"]), _fmt(v["rel_change"], ".4g"), _fmt(v["max_rel_change"], ".4g"))
+    out.print(table)
+    table = Table(title="by layer", title_justify="left")
+    for col in ("layer", "tensors", "rel. change"):
+        table.add_column(col, justify="right")
+    for v in ws["by_layer"]:
+        table.add_row(str(v["layer"]), str(v["n_tensors"]), _fmt(v["rel_change"], ".4g"))
+    out.print(table)
+    if parquet:
+        wt.write_parquet(parquet)
+        out.print(f"wrote {parquet}", highlight=False)
 
 
 def _fmt(x, spec=".4f", signed=False) -> str:
@@ -122,6 +220,8 @@ def print_headline(result) -> None:
     out.print(table)
     for c in result.checkpoints:
         f = c["figures"]
+        if f.get("layers", {}).get("sentence"):
+            out.print(f"where ({c['label']}): {f['layers']['sentence']}", highlight=False, soft_wrap=True)
         notes = []
         if f.get("nonfinite_positions"):
             notes.append(f"{f['nonfinite_positions']} positions had non-finite logits and were left out")
@@ -159,6 +259,47 @@ def probes_validate(file: Annotated[str, typer.Argument(help="Suite file (JSONL,
     s = driftscope.load_suite(file)
     out.print(f"ok: {s.path}: suite {s.name!r} version {s.version}, {len(s)} probes, "
               f"{s.n_with_answer} with answers, sha256 {s.hash[:12]}", highlight=False)
+
+
+@app.command()
+@friendly
+def bench(
+    base: Annotated[Path, typer.Argument(help="Base model folder.")],
+    tuned: Annotated[Path, typer.Argument(help="Tuned model or adapter folder.")],
+    sizes: Annotated[str, typer.Option(help="Comma-separated probe counts.")] = "100,1000",
+    batch_size: Annotated[int, typer.Option(help="Probes per forward pass.")] = 16,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON here.")] = None,
+):
+    """Time compare's scoring pass against bare forward passes; report peak memory."""
+    import json
+
+    from driftscope.bench import run_bench
+    from driftscope.errors import DriftscopeError
+
+    try:
+        ns = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        raise DriftscopeError(f"--sizes {sizes}: expected numbers like 100,1000")
+    for path in (base, tuned):
+        from driftscope.models import checkpoint_kind
+
+        checkpoint_kind(path)
+    rows = run_bench(base, tuned, ns, batch_size, device, dtype, log=lambda r: err.print(f"measured {r['probes']} probes"))
+    table = Table(title="compare vs bare forward passes (both models, same batches)", title_justify="left")
+    for col in ("probes", "batches", "bare s", "drift pass s", "ratio", "accuracy pass s", "peak MB bare", "peak MB compare", "tables MB"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["probes"]), str(r["batches"]), f"{r['bare_s']:.2f}", f"{r['drift_s']:.2f}", f"{r['ratio']:.2f}x",
+                      f"{r['accuracy_s']:.2f}", f"{r['bare_peak_mb']:.0f}", f"{r['compare_peak_mb']:.0f}", f"{r['tables_mb']:.2f}")
+    out.print(table)
+    if len(rows) > 1:
+        grow = rows[-1]["compare_peak_mb"] - rows[0]["compare_peak_mb"]
+        tables = rows[-1]["tables_mb"] - rows[0]["tables_mb"]
+        out.print(f"peak memory grew {grow:.0f} MB from {rows[0]['probes']} to {rows[-1]['probes']} probes; the tables grew {tables:.1f} MB")
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=2))
 
 
 def main() -> None:

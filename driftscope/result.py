@@ -63,6 +63,18 @@ class DriftResult:
                 return c["figures"]
         raise KeyError(label)
 
+    def check(self, gates="default", checkpoint: str | None = None) -> pl.DataFrame:
+        """Evaluate release gates on this run: one row per rule and checkpoint."""
+        from driftscope.gates import evaluate
+
+        return evaluate(self.summary, gates, checkpoint)
+
+    def assert_gates(self, gates="default", checkpoint: str | None = None) -> pl.DataFrame:
+        """For test suites: raise AssertionError naming every rule that did not pass."""
+        from driftscope.gates import assert_gates
+
+        return assert_gates(self.summary, gates, checkpoint)
+
     def to_dir(self, path: str | Path, overwrite: bool = False) -> Path:
         path = Path(path)
         if path.exists() and not overwrite:

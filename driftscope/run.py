@@ -19,6 +19,7 @@ from driftscope.assess import add_verdicts, answer_items, group_correlations, it
 from driftscope.capture import capture, encode, make_batches, score
 from driftscope.diagnose import Thresholds, sentence
 from driftscope.drift import DriftAccumulator
+from driftscope.layers import try_layer_accumulator
 from driftscope.errors import DriftscopeError, ProbeError
 from driftscope.models import Checkpoint, align_vocab, load_base, load_tuned
 from driftscope.probes import Probe, ProbeSuite, load_suite
@@ -80,11 +81,15 @@ def compare(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     thresholds: Thresholds | None = None,
+    html: bool = True,
+    weights: bool = True,
+    layers: bool = True,
     **settings,
 ) -> DriftResult:
     """Compare each tuned checkpoint with the base on the probe suites.
 
-    Writes the run to `out/name` unless `out` is None. Settings are the fields
+    Writes the run to `out/name` (with report.html and the runs index unless
+    html=False) unless `out` is None. Settings are the fields
     of `Settings` (device, dtype, batch_size, max_length, chat_template, seed...).
     """
     s = Settings(**settings)
@@ -99,6 +104,7 @@ def compare(
     suites = load_suites(probes)
     probe_list: list[Probe] = [p for suite in suites for p in suite.probes]
 
+    clock = {"start": time.perf_counter()}
     base_ck = load_base(base, s.device, s.dtype, s.allow_pickle)
     tuned_cks: list[Checkpoint] = []
     alignments = []
@@ -120,25 +126,39 @@ def compare(
     accs = [DriftAccumulator(c.label, [x.name for x in suites], suite_of, table, vocab) for c in tuned_cks]
     estimators = [OffsetEstimator(len(probe_list), vocab, s.seed) for _ in tuned_cks]
     has_answers = any(p.answer is not None for p in probe_list)
+    head_cache: dict = {}  # the base head's (d, d) grams, computed once for all checkpoints
+    layer_accs, layer_notes = [], []
+    for c in tuned_cks:
+        la, note = (try_layer_accumulator(c.label, base_ck.model, c.model, table, vocab, seed=s.seed, head_cache=head_cache)
+                    if layers else (None, None))
+        layer_accs.append(la)
+        if note:
+            layer_notes.append(note)
+    base_modules = next((la.modules("base") for la in layer_accs if la is not None), None)
 
     device = next(base_ck.model.parameters()).device
+    clock["loaded"] = time.perf_counter()
     total = len(batches) * (1 + len(tuned_cks)) + (1 + 2 * len(tuned_cks)) * has_answers
     done = 0
     with ExitStack() as stack:
-        base_state = stack.enter_context(capture(base_ck.model))
-        states = [stack.enter_context(capture(c.model)) for c in tuned_cks]
+        base_state = stack.enter_context(capture(base_ck.model, base_modules))
+        states = [stack.enter_context(capture(c.model, la.modules("tuned") if la is not None else None))
+                  for c, la in zip(tuned_cks, layer_accs)]
         for batch in batches:
             batch.to(device)
             base_out = score(base_ck.model, base_state, batch, vocab)
             done += 1
-            for ck, st, acc, est in zip(tuned_cks, states, accs, estimators):
+            for ck, st, acc, est, la in zip(tuned_cks, states, accs, estimators, layer_accs):
                 tuned_out = score(ck.model, st, batch, vocab)
                 acc.update(batch, base_out, tuned_out)
                 est.update(batch, base_out[0], tuned_out[0])
+                if la is not None:  # base_state.modules was filled once by the base pass
+                    la.update(batch, base_state, st)
                 done += 1
             if progress:
                 progress(done, total)
 
+    clock["drift"] = time.perf_counter()
     answers = []
     if has_answers:
         def tick():
@@ -150,14 +170,20 @@ def compare(
         answers = answer_items(base_ck, tuned_cks, estimators, probe_list, encoded, chat, max_length,
                                s.batch_size, vocab, tick)
 
+    clock["accuracy"] = time.perf_counter()
     probe_ids = [p.id for p in probe_list]
     truncated = {p.suite: 0 for p in probe_list}
     for e in encoded:
         truncated[probe_list[e.index].suite] += e.truncated > 0
     checkpoints = []
-    tables: dict[str, list[pl.DataFrame]] = {"positions": [], "classes": [], "tokens": []}
-    for ck, acc, align in zip(tuned_cks, accs, alignments):
+    tables: dict[str, list[pl.DataFrame]] = {"positions": [], "classes": [], "tokens": [], "layers": [], "components": []}
+    for ck, acc, align, la in zip(tuned_cks, accs, alignments, layer_accs):
         figs = acc.figures()
+        if la is not None:
+            lt = la.tables()
+            tables["layers"].append(lt["layers"])
+            tables["components"].append(lt["components"])
+            figs["layers"] = la.headline()
         figs["truncated_prompts"] = sum(truncated.values())
         for sname, sfig in figs["suites"].items():
             sfig["truncated_prompts"] = truncated.get(sname, 0)
@@ -166,9 +192,12 @@ def compare(
         tables["classes"].append(acc.classes_table())
         tables["tokens"].append(acc.tokens_table(s.top_tokens))
 
+    if weights:
+        add_weights(checkpoints, Path(base_ck.path), tables, correlations := {})
+    else:
+        correlations = {}
     frames = {k: pl.concat(v, how="diagonal_relaxed") for k, v in tables.items() if v}
     frames["items"] = items_table(frames["positions"], probe_list, encoded, pl.concat(answers) if answers else None)
-    correlations = {}
     for c in checkpoints:
         f = c["figures"]
         if has_answers:
@@ -198,8 +227,13 @@ def compare(
         "classes": {name: int(table.membership[:, j].sum()) for j, name in enumerate(table.names)},
         "checkpoints": checkpoints,
         "correlations": correlations,
+        "notes": layer_notes,
     }
-    meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
+    clock["tables"] = time.perf_counter()
+    phases = ("start", "loaded", "drift", "accuracy", "tables")
+    timings = {f"{b}_s": round(clock[b] - clock[a], 3) for a, b in zip(phases, phases[1:])}
+    timings["batches"] = len(batches)
+    meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2), "timings": timings,
             "python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
     result = DriftResult(summary, frames, meta)
     del tuned_cks, base_ck
@@ -208,7 +242,37 @@ def compare(
         run_name = name or default_name(Path(base), tuned_paths)
         result.meta["name"] = run_name
         result.to_dir(Path(out) / run_name, overwrite=overwrite)
+        if html:
+            from driftscope.report import write_index, write_report
+
+            write_report(result)
+            write_index(Path(out))
     return result
+
+
+def add_weights(checkpoints: list[dict], base: Path, tables: dict, correlations: dict) -> None:
+    """Weight distance beside function distance, per checkpoint (no forward pass)."""
+    from driftscope.diagnose import correlation
+    from driftscope.errors import DriftscopeError
+    from driftscope.layers import weight_vs_function
+    from driftscope.weights import weight_summary, weight_table
+
+    rows = []
+    for c in checkpoints:
+        try:
+            wt = weight_table(base, Path(c["path"]))
+        except DriftscopeError as e:  # e.g. a DoRA adapter: the run goes on without weights
+            c["figures"]["weights"] = {"note": e.reason}
+            continue
+        tables.setdefault("weights", []).append(wt.with_columns(pl.lit(c["label"]).alias("checkpoint")))
+        c["figures"]["weights"] = ws = weight_summary(wt)
+        mine = [t for t in tables.get("layers", []) if t.height and t["checkpoint"][0] == c["label"]]
+        comps = [t for t in tables.get("components", []) if t.height and t["checkpoint"][0] == c["label"]]
+        if mine:
+            ws["vs_function"] = weight_vs_function(wt, mine[0], comps[0] if comps else None)
+        rows.append((ws["rel_change"], c["figures"]["kl"]["mean"]))
+    if len(rows) > 1:
+        correlations["weights_vs_kl"] = correlation([r[0] for r in rows], [r[1] for r in rows])
 
 
 def default_name(base: Path, tuned: list[Path]) -> str:

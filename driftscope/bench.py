@@ -1,0 +1,122 @@
+"""Benchmark: compare's scoring pass against bare forward passes, and peak memory.
+
+    driftscope bench BASE TUNED --sizes 100,1000
+
+For each size N, N probes are drawn round-robin from the built-in suites. In a
+fresh process each:
+  bare     both models' plain forward passes (full logits, no hooks) over the
+           very batches compare builds;
+  compare  driftscope.compare() on the same probes: its drift pass (hooks,
+           metrics, reducers) is timed against `bare`; the accuracy pass
+           (choice scoring and greedy decoding) is reported beside it.
+Peak memory is the process's peak resident set size.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def probe_file(n: int, dest: Path) -> Path:
+    from driftscope.probes import list_suites
+
+    pools = [list(s.probes) for s in list_suites()]
+    picked, i = [], 0
+    while len(picked) < n:
+        pool = pools[i % len(pools)]
+        k = i // len(pools)
+        if k < len(pool):
+            picked.append(pool[k])
+        i += 1
+        if i > n * len(pools) + 10_000:
+            break
+    path = dest / f"bench{n}.jsonl"
+    with path.open("w") as f:
+        f.write(json.dumps({"_suite": {"name": f"bench{n}", "version": "1", "description": "benchmark mix"}}) + "\n")
+        for j, p in enumerate(picked):
+            row = {"id": f"{j}-{p.id}", "prompt": p.prompt}
+            if p.answer is not None:
+                row["answer"] = p.answer
+            if p.choices:
+                row["choices"] = list(p.choices)
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bare(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str) -> dict:
+    from driftscope.capture import encode, make_batches
+    from driftscope.models import load_base, load_tuned
+    from driftscope.run import _use_chat, load_suites
+
+    b = load_base(base, device, dtype)
+    t = load_tuned(tuned, b)
+    tok = b.tokenizer
+    chat = _use_chat(tok, "auto")
+    probe_list = [p for s in load_suites([probes]) for p in s.probes]
+    max_length = b.n_ctx or 2048
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    batches = make_batches([encode(p, i, tok, chat, max_length) for i, p in enumerate(probe_list)], batch_size, pad)
+    dev = next(b.model.parameters()).device
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            batch.to(dev)
+            for model in (b.model, t.model):
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return {"seconds": time.perf_counter() - start, "batches": len(batches), "peak_rss_mb": _peak_mb()}
+
+
+def compare_run(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str) -> dict:
+    import driftscope
+
+    r = driftscope.compare(base, [tuned], [probes], out=None, batch_size=batch_size, device=device, dtype=dtype)
+    t = r.meta["timings"]
+    tables_mb = sum(df.estimated_size() for df in r.tables.values()) / 2**20
+    return {"seconds": t["drift_s"], "accuracy_s": t["accuracy_s"], "batches": t["batches"],
+            "peak_rss_mb": _peak_mb(), "tables_mb": tables_mb, "verdict": r.figures()["verdict"]}
+
+
+def _in_subprocess(mode: str, **kw) -> dict:
+    cmd = [sys.executable, "-m", "driftscope.bench", mode, json.dumps(kw)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtype="auto", work: Path | None = None, log=print):
+    import tempfile
+
+    work = Path(work or tempfile.mkdtemp(prefix="driftscope-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in sizes:
+        probes = str(probe_file(n, work))
+        kw = dict(base=str(base), tuned=str(tuned), probes=probes, batch_size=batch_size, device=device, dtype=dtype)
+        b = _in_subprocess("bare", **kw)
+        c = _in_subprocess("compare", **kw)
+        row = {"probes": n, "batches": b["batches"], "bare_s": b["seconds"], "drift_s": c["seconds"],
+               "ratio": c["seconds"] / b["seconds"], "accuracy_s": c["accuracy_s"],
+               "bare_peak_mb": b["peak_rss_mb"], "compare_peak_mb": c["peak_rss_mb"], "tables_mb": c["tables_mb"]}
+        rows.append(row)
+        log(row)
+    return rows
+
+
+if __name__ == "__main__":
+    mode, kwargs = sys.argv[1], json.loads(sys.argv[2])
+    result = {"bare": bare, "compare": compare_run}[mode](**kwargs)
+    print(json.dumps(result))

@@ -1,0 +1,236 @@
+"""Activation-space comparisons of a base and a tuned model: pure tensor maths.
+
+Hidden states come gathered at scored positions, (N, d_model), one row per
+position, base and tuned rows aligned. Everything that is summed runs in
+float64: the change between near-identical models is a small difference of
+large numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+def rel_l2(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
+    """||t - b|| / ||b|| per row, in [0, inf]: (N, d) x (N, d) -> (N,) float64.
+
+    A zero base row gives 0 when nothing moved and inf when it did.
+    """
+    b, t = base.double(), tuned.double()
+    num = (t - b).norm(dim=-1)
+    den = b.norm(dim=-1)
+    safe = torch.where(den > 0, den, torch.ones_like(den))
+    return torch.where(den > 0, num / safe, torch.where(num > 0, torch.full_like(num, math.inf), torch.zeros_like(num)))
+
+
+def rel_l2_from_squares(delta_sq: torch.Tensor, base_sq: torch.Tensor) -> torch.Tensor:
+    """sqrt(delta_sq / base_sq) with rel_l2's convention for a zero base."""
+    num, den = delta_sq.clamp_min(0).sqrt(), base_sq.clamp_min(0).sqrt()
+    safe = torch.where(den > 0, den, torch.ones_like(den))
+    return torch.where(den > 0, num / safe, torch.where(num > 0, torch.full_like(num, math.inf), torch.zeros_like(num)))
+
+
+def cosine(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity per row, in [-1, 1]; 1 where both rows are zero. (N,) float64."""
+    b, t = base.double(), tuned.double()
+    nb, nt = b.norm(dim=-1), t.norm(dim=-1)
+    dot = (b * t).sum(-1)
+    both = (nb > 0) & (nt > 0)
+    out = torch.where(both, dot / torch.where(both, nb * nt, torch.ones_like(nb)), torch.zeros_like(nb))
+    out = torch.where((nb == 0) & (nt == 0), torch.ones_like(out), out)
+    return out.clamp(-1.0, 1.0)
+
+
+def random_projection(d: int, k: int, seed: int = 0) -> torch.Tensor:
+    """A fixed Gaussian (d, k) matrix scaled by 1/sqrt(k), float64, from `seed`.
+
+    X @ P keeps inner products in expectation (Johnson-Lindenstrauss), so linear
+    CKA of projected features approximates the CKA of the originals with an
+    error of order 1/sqrt(k). The same seed gives the same matrix on every run.
+    """
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(d, k, generator=g, dtype=torch.float64) / math.sqrt(k)
+
+
+@dataclass
+class CKAStats:
+    """Streaming sufficient statistics of linear CKA between X (base) and Y (tuned).
+
+    Rows are samples (one probe's next-token position each), columns features.
+    Keeps X^T X, Y^T Y, Y^T X (each (k, k)), the column sums and three scalar
+    traces, all float64: memory is fixed whatever the number of rows. Centring
+    happens at the end: Xc^T Xc = X^T X - s_x s_x^T / n. Merging adds the sums.
+
+    With `proj` (d, k), the grams are of XP and YP, so memory is k^2 instead of
+    d^2, and CKA is an estimate. Projecting alone biases CKA down by about the
+    representations' effective rank over k (a flat spectrum at d = 1100, k = 512
+    loses up to 0.2); `value()` removes that bias to first order with the
+    Gaussian-sketch moments E||P^T M P||^2 = ||M||^2 + (tr(M^2) + tr(M)^2) / k,
+    where tr(M) is kept exactly (sum of x.y) and tr(M^2) from the sketch.
+    Remaining error on such data: about 0.01.
+    """
+
+    d: int
+    proj: torch.Tensor | None = None  # (d, k) float64, or None for exact CKA
+    device: torch.device | str = "cpu"
+    n: int = 0
+
+    def __post_init__(self):
+        if self.proj is not None:
+            self.proj = self.proj.to(self.device, torch.float64)
+        k = self.k
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=self.device)  # noqa: E731
+        self.xx, self.yy, self.yx = z(k, k), z(k, k), z(k, k)
+        self.sx, self.sy = z(self.d), z(self.d)  # column sums in the original space
+        self.dots = z(3)  # sum x.x, sum y.y, sum y.x over rows, original space
+
+    @property
+    def k(self) -> int:
+        return self.d if self.proj is None else self.proj.shape[1]
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """x, y: (n, d) rows of the same samples."""
+        if x.shape != y.shape or x.shape[-1] != self.d:
+            raise ValueError(f"CKA rows must be (n, {self.d}) on both sides, got {tuple(x.shape)} and {tuple(y.shape)}")
+        x = x.to(self.device, torch.float64)
+        y = y.to(self.device, torch.float64)
+        self.n += x.shape[0]
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.dots += torch.stack([(x * x).sum(), (y * y).sum(), (y * x).sum()])
+        if self.proj is not None:
+            x, y = x @ self.proj, y @ self.proj
+        self.xx += x.T @ x
+        self.yy += y.T @ y
+        self.yx += y.T @ x
+
+    def merge(self, other: CKAStats) -> CKAStats:
+        self.n += other.n
+        for name in ("xx", "yy", "yx", "sx", "sy", "dots"):
+            getattr(self, name).add_(getattr(other, name).to(self.device))
+        return self
+
+    def value(self) -> float:
+        """Linear CKA = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F), in [0, 1].
+
+        NaN with fewer than two rows or when one side is constant.
+        """
+        if self.n < 2:
+            return math.nan
+        sx, sy = self.sx, self.sy
+        if self.proj is not None:
+            sx, sy = sx @ self.proj, sy @ self.proj
+        cxx = self.xx - torch.outer(sx, sx) / self.n
+        cyy = self.yy - torch.outer(sy, sy) / self.n
+        cyx = self.yx - torch.outer(sy, sx) / self.n
+        fx, fy, fyx = (float(m.square().sum()) for m in (cxx, cyy, cyx))
+        if self.proj is not None:
+            k = self.k
+            # exact traces of the centred d x d matrices: tr(Xc^T Xc), tr(Yc^T Yc), tr(Yc^T Xc)
+            tx = float(self.dots[0] - self.sx @ self.sx / self.n)
+            ty = float(self.dots[1] - self.sy @ self.sy / self.n)
+            txy = float(self.dots[2] - self.sy @ self.sx / self.n)
+            fx = (fx - tx**2 / k) / (1 + 1 / k)  # symmetric M: tr(M^2) = ||M||^2
+            fy = (fy - ty**2 / k) / (1 + 1 / k)
+            r = float(torch.trace(cyx @ cyx))
+            fyx = ((fyx - txy**2 / k) - (r - txy**2 / k) / k) / (1 - 1 / k**2)
+        if not (fx > 0 and fy > 0):
+            return math.nan
+        return min(max(fyx / math.sqrt(fx * fy), 0.0), 1.0)
+
+
+def lens_logprobs(hidden: torch.Tensor, norm: Callable, head: Callable, softcap: float | None, vocab: int) -> torch.Tensor:
+    """Logit lens: the model's final norm and LM head on intermediate states.
+
+    (R, d_model) -> (R, vocab) float64 log-probs over ids [0, vocab), renormalised
+    there exactly as the main pipeline does. The head runs in the model's own
+    dtype (as its real head does), so the last layer's lens is the model's own
+    next-token distribution; the log-softmax runs in float64.
+    """
+    logits = head(norm(hidden)).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.log_softmax(logits[:, :vocab].double(), dim=-1)
+
+
+@dataclass(frozen=True)
+class HeadStats:
+    """An LM head W (V, d) as seen by the direct logit contribution W c of a
+    component output c, centred over the vocabulary (softmax ignores a constant
+    shift of all logits, so only W - mean_v W matters).
+
+    mu: (d,) the mean row. gram: (d, d) (W - mu)^T (W - mu), so that
+    ||(W - mu) c||^2 = c^T gram c. class_rows: (C, d) mean centred row over each
+    class's ids (NaN for an empty class), so the class's mean centred logit is
+    class_rows @ c. All float64.
+    """
+
+    mu: torch.Tensor
+    gram: torch.Tensor
+    class_rows: torch.Tensor
+    vocab: int
+
+    def to(self, device) -> HeadStats:
+        return HeadStats(self.mu.to(device), self.gram.to(device), self.class_rows.to(device), self.vocab)
+
+
+def _chunks(n: int, size: int):
+    return ((a, min(a + size, n)) for a in range(0, n, size))
+
+
+def head_stats(weight: torch.Tensor, membership: torch.Tensor, chunk: int = 8192) -> HeadStats:
+    """HeadStats of a (V, d) weight; membership (V, C) bool. Streams rows in
+    float64 chunks so no float64 copy of the whole head is made."""
+    v, d = weight.shape
+    member = membership.to(weight.device, torch.float64)
+    s = torch.zeros(d, dtype=torch.float64, device=weight.device)
+    gram = torch.zeros(d, d, dtype=torch.float64, device=weight.device)
+    csum = torch.zeros(member.shape[1], d, dtype=torch.float64, device=weight.device)
+    for a, b in _chunks(v, chunk):
+        w = weight[a:b].double()
+        s += w.sum(0)
+        gram += w.T @ w
+        csum += member[a:b].T @ w
+    mu = s / v
+    gram -= v * torch.outer(mu, mu)
+    count = member.sum(0)[:, None]
+    rows = torch.where(count > 0, csum / count.clamp_min(1) - mu, torch.full_like(csum, math.nan))
+    return HeadStats(mu, gram, rows, v)
+
+
+def cross_gram(w_a: torch.Tensor, mu_a: torch.Tensor, w_b: torch.Tensor, mu_b: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """(W_a - mu_a)^T (W_b - mu_b), (d, d) float64, for two heads of the same shape."""
+    v, d = w_a.shape
+    out = torch.zeros(d, d, dtype=torch.float64, device=w_a.device)
+    for a, b in _chunks(v, chunk):
+        out += w_a[a:b].double().T @ w_b[a:b].to(w_a.device).double()
+    return out - v * torch.outer(mu_a.to(w_a.device), mu_b.to(w_a.device))
+
+
+def quad(c: torch.Tensor, gram: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    """Row-wise c^T gram other (other defaults to c): (N, d) -> (N,)."""
+    return ((c @ gram) * (c if other is None else other)).sum(-1)
+
+
+def logit_change(c_base: torch.Tensor, c_tuned: torch.Tensor, base: HeadStats, tuned: HeadStats,
+                 cross: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Change of a component's direct, centred logit contribution (W - mu) c.
+
+    c_base, c_tuned: (N, d) the component outputs; each model's own head.
+    `cross` is (W_t - mu_t)^T (W_b - mu_b), or None when the heads are equal
+    (then the difference is taken in hidden space first: no cancellation).
+    Returns (||dL||^2 (N,), ||L_b||^2 (N,), class mean shift (N, C)), float64.
+    """
+    cb, ct = c_base.double(), c_tuned.double()
+    base_sq = quad(cb, base.gram)
+    if cross is None:
+        delta_sq = quad(ct - cb, base.gram)
+    else:
+        # ||L_t - L_b||^2 = L_t.L_t - 2 L_t.L_b + L_b.L_b, through the (d, d) grams
+        delta_sq = quad(ct, tuned.gram) - 2 * quad(cb, cross.T, ct) + base_sq
+    shift = ct @ tuned.class_rows.T - cb @ base.class_rows.T
+    return delta_sq.clamp_min(0.0), base_sq.clamp_min(0.0), shift

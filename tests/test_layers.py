@@ -1,0 +1,383 @@
+"""Where the drift lives: layer and component figures on tiny random models (offline)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+
+import tiny
+from driftscope.architectures import discover
+from driftscope.capture import NEXT, Encoded, capture, collate, score
+from driftscope.layers import LayerAccumulator, entry_point, try_layer_accumulator, weight_vs_function
+from driftscope.metrics import activations as A
+from driftscope.metrics import divergence as D
+from driftscope.tokenclasses import build_classes
+from driftscope.weights import weight_table
+
+V = 64
+CLASSES = build_classes([str(i) if 2 <= i < 12 else f"w{i}" for i in range(V)], {0, 1})  # ids 2..11 numeric
+MAX_PARAMS = 200_000
+
+
+def _tiny(config) -> nn.Module:
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(config).eval()
+    n = sum(p.numel() for p in model.parameters())
+    assert n < MAX_PARAMS, f"tiny model is not tiny: {n} parameters"
+    return model
+
+
+DEC = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+           pad_token_id=1, eos_token_id=0, bos_token_id=None)
+BUILD = {
+    "llama": lambda: tiny.tiny_llama(V, layers=4).eval(),
+    "gpt2": lambda: _tiny(tf.GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=4, n_positions=64,
+                                        pad_token_id=1, eos_token_id=0, bos_token_id=0)),
+    "gpt_neox": lambda: _tiny(tf.GPTNeoXConfig(**DEC)),
+    # Gemma 2 normalises each component's output before the residual add, and softcaps the logits.
+    "gemma2": lambda: _tiny(tf.Gemma2Config(num_key_value_heads=2, head_dim=8, final_logit_softcapping=5.0, **DEC)),
+}
+
+
+def batches(n_batches: int = 2, size: int = 6, seed: int = 0):
+    """Random probes: prompts of 3-6 tokens, answers of 0-3 tokens (0: next position only)."""
+    g = torch.Generator().manual_seed(seed)
+    out, index = [], 0
+    for _ in range(n_batches):
+        items = []
+        for _ in range(size):
+            n_prompt, n_answer = 3 + index % 4, index % 4
+            ids = torch.randint(2, V, (n_prompt + n_answer,), generator=g).tolist()
+            items.append(Encoded(index, tuple(ids), n_prompt, n_answer, 0))
+            index += 1
+        out.append(collate(items, pad_id=1))
+    return out
+
+
+def perturb(model: nn.Module, scale: float = 0.05, seed: int = 1) -> nn.Module:
+    """A full "fine-tune": every parameter moved by a small relative amount."""
+    tuned = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(scale * p.abs().mean() * torch.randn(p.shape, generator=g))
+    return tuned
+
+
+@torch.inference_mode()
+def model_next_logprobs(model, data) -> torch.Tensor:
+    """The model's own logits (its whole forward, no hooks) at next positions, float64."""
+    out = []
+    for batch in data:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        nxt = batch.kind == NEXT
+        out.append(torch.log_softmax(logits[batch.rows[nxt], batch.cols[nxt], :V].double(), -1))
+    return torch.cat(out)
+
+
+def run(base, tuned, data, **kw):
+    """The orchestrator's pattern: one capture per model, base then tuned, then update.
+    Returns the accumulator and the pipeline's (logp, logq) at next positions."""
+    acc = LayerAccumulator("t", base, tuned, CLASSES, V, **kw)
+    ps, qs = [], []
+    with capture(base, acc.modules("base")) as sb, capture(tuned, acc.modules("tuned")) as st:
+        for batch in data:
+            logp, _ = score(base, sb, batch, V)
+            logq, _ = score(tuned, st, batch, V)
+            acc.update(batch, sb, st)
+            nxt = batch.kind == NEXT
+            ps.append(logp[nxt].double())
+            qs.append(logq[nxt].double())
+    return acc, torch.cat(ps), torch.cat(qs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny ops on 2 shared, busy cores: one thread avoids spin-wait stalls (10x here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: build() for name, build in BUILD.items()}
+
+
+# -- pure maths ------------------------------------------------------------
+
+
+def direct_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA (Kornblith et al. 2019) on whole matrices:
+    ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F), columns centred."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    return float((yc.T @ xc).norm() ** 2 / ((xc.T @ xc).norm() * (yc.T @ yc).norm()))
+
+
+def streamed(x, y, chunks=5) -> float:
+    s = A.CKAStats(x.shape[1])
+    for xa, ya in zip(x.chunk(chunks), y.chunk(chunks)):
+        s.update(xa, ya)
+    return s.value()
+
+
+def test_streaming_cka_equals_direct_and_is_invariant():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 16, generator=g, dtype=torch.float64) + 3.0  # a mean offset: centring matters
+    y = x @ torch.randn(16, 16, generator=g, dtype=torch.float64) + 0.5 * torch.randn(200, 16, generator=g, dtype=torch.float64)
+    exact = direct_cka(x, y)
+    assert 0.05 < exact < 0.99
+    assert streamed(x, y) == pytest.approx(exact, abs=1e-12)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))
+    assert streamed(x, 3.7 * y @ q + 11.0) == pytest.approx(exact, abs=1e-12)  # orthogonal, isotropic scale, shift
+    assert streamed(x, x) == pytest.approx(1.0, abs=1e-12)
+    one, a, b = A.CKAStats(16), A.CKAStats(16), A.CKAStats(16)
+    one.update(x, y)
+    a.update(x[:70], y[:70])
+    b.update(x[70:], y[70:])
+    assert a.merge(b).value() == pytest.approx(one.value(), abs=1e-12)
+    assert math.isnan(A.CKAStats(16).value())
+
+
+def test_projected_cka_is_a_debiased_estimate():
+    """d > 1024: a fixed Gaussian sketch to 512 dims. Projection alone biases CKA
+    down on high-rank data; the stats' correction brings it back near exact."""
+    g = torch.Generator().manual_seed(1)
+    d = 1100
+    x = torch.randn(300, d, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, d, dtype=torch.float64)  # flat spectrum: worst case
+    y = x + 2.0 * torch.randn(300, d, generator=g, dtype=torch.float64)
+    p = A.random_projection(d, 512, seed=0)
+    assert torch.equal(p, A.random_projection(d, 512, seed=0))
+    exact = direct_cka(x, y)
+    assert direct_cka(x @ p, y @ p) < exact - 0.05  # the naive sketch is biased
+    s = A.CKAStats(d, p)
+    for xa, ya in zip(x.chunk(4), y.chunk(4)):
+        s.update(xa, ya)
+    assert s.value() == pytest.approx(exact, abs=0.02)
+    same = A.CKAStats(d, p)
+    same.update(x, x)
+    assert same.value() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_logit_change_through_grams_equals_direct():
+    g = torch.Generator().manual_seed(2)
+    wb = torch.randn(V, 8, generator=g, dtype=torch.float64)
+    wt = wb + 0.1 * torch.randn(V, 8, generator=g, dtype=torch.float64)
+    cb = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    ct = cb + 0.2 * torch.randn(5, 8, generator=g, dtype=torch.float64)
+    sb, st = A.head_stats(wb, CLASSES.membership, chunk=7), A.head_stats(wt, CLASSES.membership, chunk=7)
+    lb, lt = cb @ (wb - wb.mean(0)).T, ct @ (wt - wt.mean(0)).T  # (N, V) centred logit contributions
+    numeric = CLASSES.ids("numeric")
+    for heads, cross, want in (((sb, sb), None, ct @ (wb - wb.mean(0)).T), ((sb, st), A.cross_gram(wt, st.mu, wb, sb.mu, chunk=7), lt)):
+        delta_sq, base_sq, shift = A.logit_change(cb, ct, *heads, cross)
+        assert torch.allclose(delta_sq, (want - lb).square().sum(-1), rtol=1e-9)
+        assert torch.allclose(base_sq, lb.square().sum(-1), rtol=1e-9)
+        j = CLASSES.names.index("numeric")
+        assert torch.allclose(shift[:, j], want[:, numeric].mean(-1) - lb[:, numeric].mean(-1), atol=1e-12)
+
+
+def test_rel_l2_and_cosine():
+    b = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]])
+    t = torch.tensor([[3.0, 4.0], [0.0, 0.0], [0.0, 2.0]])
+    assert A.rel_l2(b, t).tolist() == [0.0, 0.0, pytest.approx(math.sqrt(5))]
+    assert A.cosine(b, t).tolist() == [pytest.approx(1.0), 1.0, 0.0]
+
+
+# -- on models -------------------------------------------------------------
+
+
+def test_identical_models_show_no_drift(models):
+    base = models["llama"]
+    acc, _, _ = run(base, copy.deepcopy(base), batches(), cka_exact_max=16, cka_dims=8)  # projected CKA too
+    layers, comps = acc.tables()["layers"], acc.tables()["components"]
+    assert layers.height == 4 and comps.height == 8 and set(layers["cka_dims"]) == {8}
+    assert layers["rel_l2"].to_list() == pytest.approx([0.0] * 4, abs=1e-12)
+    assert layers["cosine"].to_list() == pytest.approx([1.0] * 4, abs=1e-12)
+    assert layers["cka"].to_list() == pytest.approx([1.0] * 4, abs=1e-9)
+    assert layers["lens_kl"].to_list() == pytest.approx([0.0] * 4, abs=1e-12)
+    assert layers["lens_numeric_base"].to_list() == pytest.approx(layers["lens_numeric_tuned"].to_list(), abs=1e-12)
+    for col in ("rel_change_hidden", "rel_change_logit", "logit_change_rms", "numeric_logit_shift"):
+        assert comps[col].to_list() == pytest.approx([0.0] * 8, abs=1e-12)
+    head = acc.headline()
+    assert head["enters_layer"] is None and head["component"] is None and "No activation drift" in head["sentence"]
+
+
+@pytest.mark.parametrize("family", list(BUILD))
+def test_lens_at_last_layer_is_the_models_distribution(models, family):
+    base = models[family]
+    tuned = perturb(base, scale=0.3)  # head and final norm moved too: the cross-gram path
+    data = batches()
+    acc, logp, logq = run(base, tuned, data)
+    assert acc.cross is not None
+    layers = acc.tables()["layers"]
+    n_layers = discover(base).num_layers
+    assert layers.height == n_layers and acc.tables()["components"].height == 2 * n_layers
+    last = layers.row(n_layers - 1, named=True)
+    assert last["n_next"] == logp.shape[0] == 12
+    # the models' own forward (Gemma 2 softcaps inside it), in float64
+    ref_p, ref_q = model_next_logprobs(base, data), model_next_logprobs(tuned, data)
+    assert last["lens_kl"] > 1e-4
+    assert last["lens_kl"] == pytest.approx(float(D.kl(ref_p, ref_q).mean()), rel=1e-6)
+    # the main pipeline's KL at next positions, up to its float32 log-softmax
+    assert last["lens_kl"] == pytest.approx(float(D.kl(logp, logq).mean()), rel=1e-3)
+    j = CLASSES.names.index("numeric")
+    assert last["lens_numeric_base"] == pytest.approx(float(D.class_masses(ref_p, CLASSES.membership).mean(0)[j]), rel=1e-6)
+    assert last["lens_numeric_tuned"] == pytest.approx(float(D.class_masses(ref_q, CLASSES.membership).mean(0)[j]), rel=1e-6)
+    for col in ("rel_l2", "cosine", "cka", "lens_kl"):
+        assert all(math.isfinite(v) for v in layers[col]), col
+
+
+@pytest.mark.parametrize("family", list(BUILD))
+def test_components_are_what_each_block_adds(models, family):
+    """h_i - h_(i-1) = attn_i + mlp_i: the hooked outputs are the residual additions
+    (Gemma 2: after its post-norms; GPT-NeoX: parallel residual)."""
+    base = models[family]
+    acc = LayerAccumulator("t", base, base, CLASSES, V)
+    batch = batches(1)[0]
+    with capture(base, acc.modules("base")) as st:
+        score(base, st, batch, V)
+    h = st.modules
+    for i in range(1, discover(base).num_layers):
+        added = h[f"layer.{i}"] - h[f"layer.{i - 1}"]
+        assert torch.allclose(added, h[f"attn.{i}"] + h[f"mlp.{i}"], atol=1e-5), i
+
+
+def test_layer1_mlp_perturbation_enters_at_layer1(models, tmp_path):
+    base = models["llama"]
+    tuned = copy.deepcopy(base)
+    with torch.no_grad():
+        w = tuned.model.layers[1].mlp.down_proj.weight
+        w.add_(0.5 * w.abs().mean() * torch.randn(w.shape, generator=torch.Generator().manual_seed(3)))
+    acc, _, _ = run(base, tuned, batches())
+    assert acc.cross is None  # the head is untouched: the exact same-head path
+    t = acc.tables()
+    rel = t["layers"]["rel_l2"].to_list()
+    assert rel[0] == 0.0 and all(r > 1e-3 for r in rel[1:])
+    assert t["layers"]["lens_kl"][0] == 0.0 and t["layers"]["cka"][0] == pytest.approx(1.0)
+    comps = {(r["layer"], r["component"]): r for r in t["components"].iter_rows(named=True)}
+    for key in ((0, "attn"), (0, "mlp"), (1, "attn")):
+        assert comps[key]["rel_change_hidden"] == 0.0 and comps[key]["logit_change_rms"] == 0.0
+    assert comps[(1, "mlp")]["rel_change_hidden"] > 0.1 and comps[(1, "mlp")]["rel_change_logit"] > 0.1
+    head = acc.headline()
+    assert (head["enters_layer"], head["component"], head["component_layer"]) == (1, "mlp", 1)
+    assert "layer 1" in head["sentence"] and "mlp" in head["sentence"]
+
+    # weight vs function on the saved checkpoints: only layer 1's MLP moved
+    base.save_pretrained(tmp_path / "base")
+    tuned.save_pretrained(tmp_path / "tuned")
+    wvf = weight_vs_function(weight_table(tmp_path / "base", tmp_path / "tuned"), t["layers"], t["components"])
+    assert wvf["n_layers"] == 4 and wvf["n_components"] == 8
+    assert wvf["spearman_layer"] > 0 and wvf["spearman_component"] > 0
+    assert "descriptive" in wvf["note"]
+
+
+def test_peft_adapter_hooks_the_unwrapped_model(models):
+    from peft import LoraConfig, get_peft_model
+
+    base = models["llama"]
+    torch.manual_seed(4)
+    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False)
+    lora = get_peft_model(copy.deepcopy(base), cfg).eval()
+    acc, logp, logq = run(base, lora, batches())
+    assert list(acc.modules("tuned")) == list(acc.modules("base"))
+    last = acc.tables()["layers"].row(3, named=True)
+    assert last["lens_kl"] == pytest.approx(float(D.kl(logp, logq).mean()), rel=1e-3)  # LoRA'd head in the lens too
+    assert acc.cross is not None  # head(I) - head(0) saw the head's LoRA
+    comps = acc.tables()["components"]
+    assert comps.filter(pl.col("layer") == 0, pl.col("component") == "attn")["rel_change_hidden"][0] > 0
+
+
+def test_one_base_capture_serves_several_checkpoints(models):
+    base = models["llama"]
+    t1, t2 = perturb(base, seed=5), perturb(base, seed=6)
+    cache: dict = {}
+    a1 = LayerAccumulator("a", base, t1, CLASSES, V, head_cache=cache)
+    a2 = LayerAccumulator("b", base, t2, CLASSES, V, head_cache=cache)
+    m1, m2 = a1.modules("base"), a2.modules("base")
+    assert list(m1) == list(m2) and all(m1[k] is m2[k] for k in m1)
+    assert a1.head_b is a2.head_b  # the base head's grams computed once
+    data = batches()
+    with capture(base, m1) as sb, capture(t1, a1.modules("tuned")) as s1, capture(t2, a2.modules("tuned")) as s2:
+        for batch in data:
+            score(base, sb, batch, V)
+            for model, st, acc in ((t1, s1, a1), (t2, s2, a2)):
+                score(model, st, batch, V)
+                acc.update(batch, sb, st)
+    solo, _, _ = run(base, t2, data)
+    shared, alone = a2.tables()["layers"], solo.tables()["layers"]
+    for col in ("rel_l2", "cka", "lens_kl"):
+        assert shared[col].to_list() == pytest.approx(alone[col].to_list(), rel=1e-9, abs=1e-15)
+
+
+def test_memory_is_constant_in_the_number_of_probes(models):
+    base = models["llama"]
+    tuned = perturb(base)
+
+    def size(acc):
+        arrays = [*acc.hid.values(), *acc.lens.values(), *(a for c in acc.cmp.values() for a in c.values())]
+        tensors = [getattr(s, k) for s in acc.cka for k in ("xx", "yy", "yx", "sx", "sy")]
+        return sum(t.numel() * t.element_size() for t in arrays + tensors)
+
+    small, _, _ = run(base, tuned, batches(1))
+    large, _, _ = run(base, tuned, batches(4, seed=9))
+    assert large.n_next == 4 * small.n_next and size(large) == size(small)
+
+
+def test_hooks_are_removed_even_after_an_exception(models):
+    base = models["gpt2"]
+    acc = LayerAccumulator("t", base, base, CLASSES, V)
+    mods = acc.modules("tuned")
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture(base, mods) as st:
+            score(base, st, batches(1)[0], V)
+            raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in mods.values())
+    assert not base.get_output_embeddings()._forward_pre_hooks
+
+
+def test_unsupported_architecture_gives_a_note():
+    class Mystery(nn.Module):
+        config = SimpleNamespace(model_type="mystery")
+
+    acc, note = try_layer_accumulator("odd", Mystery(), Mystery(), CLASSES, V)
+    assert acc is None and "odd" in note and "mystery" in note
+
+
+def test_weight_vs_function_on_tables():
+    weights = pl.DataFrame({
+        "layer": [0, 0, 1, 1, 2, 2, 3, 3, None],
+        "module_type": ["q", "down", "q", "down", "q", "down", "q", "down", "embed"],
+        "base_norm": [1.0] * 9,
+        "delta_norm": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 5.0],
+    })
+    layers = pl.DataFrame({"checkpoint": ["t"] * 4, "layer": [0, 1, 2, 3], "rel_l2": [0.1, 0.3, 0.6, 1.0]})
+    comps = pl.DataFrame({"checkpoint": ["t"] * 8, "layer": [0, 0, 1, 1, 2, 2, 3, 3],
+                          "component": ["attn", "mlp"] * 4, "rel_change_logit": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]})
+    out = weight_vs_function(weights, layers, comps)
+    assert out["n_layers"] == 4 and out["spearman_layer"] == pytest.approx(1.0)
+    assert out["n_components"] == 8 and out["spearman_component"] == pytest.approx(1.0)
+    short = weight_vs_function(weights, layers.head(2))
+    assert short["n_layers"] == 2 and short["spearman_layer"] is None and "n=2" in short["note"]
+    with pytest.raises(ValueError):
+        weight_vs_function(weights, pl.concat([layers, layers.with_columns(pl.lit("u").alias("checkpoint"))]))
+
+
+def test_entry_point_rule():
+    layers = pl.DataFrame({"layer": [0, 1, 2, 3], "rel_l2": [0.01, 0.1, 0.3, 0.4], "lens_kl": [0.0, 0.0, 0.5, 1.0]})
+    comps = pl.DataFrame({"layer": [0, 0, 1, 1, 2, 2, 3, 3], "component": ["attn", "mlp"] * 4,
+                          "logit_change_rms": [0.1, 0.2, 0.5, 0.3, 9.0, 9.0, 9.0, 9.0]})
+    head = entry_point(layers, comps)
+    assert head["enters_layer"] == 2 and head["enters_layer_lens_kl"] == 2
+    assert (head["component"], head["component_layer"]) in {("attn", 2), ("mlp", 2)}
+    head = entry_point(layers, comps, fraction=0.2)
+    assert head["enters_layer"] == 1 and (head["component"], head["component_layer"]) == ("attn", 1)
+    assert np.isclose(head["final_rel_l2"], 0.4)
