@@ -18,6 +18,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Is held-out forgetting after a fine-tune lost knowledge, or output bias?")
 probes_app = typer.Typer(no_args_is_help=True, help="List and validate probe suites.")
 app.add_typer(probes_app, name="probes")
+zoo_app = typer.Typer(no_args_is_help=True, help="The synthetic zoo: a tiny base and fine-tunes with known truth.")
+app.add_typer(zoo_app, name="zoo")
 
 out = Console()
 err = Console(stderr=True)
@@ -300,6 +302,64 @@ def bench(
         out.print(f"peak memory grew {grow:.0f} MB from {rows[0]['probes']} to {rows[-1]['probes']} probes; the tables grew {tables:.1f} MB")
     if json_out:
         json_out.write_text(json.dumps(rows, indent=2))
+
+
+@app.command()
+@friendly
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder the run is written under.")] = Path("reports"),
+    cache: Annotated[Optional[Path], typer.Option(help="Zoo cache folder (default: $DRIFTSCOPE_CACHE or ~/.cache/driftscope/zoo).")] = None,
+    size: Annotated[str, typer.Option(help="demo, or small (the test zoo).")] = "demo",
+):
+    """Build (or reuse) the zoo offline and diagnose every fine-tune against its known truth."""
+    from driftscope.zoo import run_demo
+
+    rows = run_demo(out_dir, cache, out, size)
+    right = [r for r in rows if r["truth"]]
+    hits = sum(r["verdict"] == r["truth"] for r in right)
+    out.print(f"controls diagnosed right: {hits} of {len(right)}; report: {out_dir / ('zoo-' + size) / 'report.html'}",
+              highlight=False)
+
+
+@zoo_app.command("build")
+@friendly
+def zoo_build(
+    size: Annotated[str, typer.Option(help="demo or small.")] = "demo",
+    cache: Annotated[Optional[Path], typer.Option(help="Zoo cache folder.")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if cached.")] = False,
+):
+    """Build the zoo's checkpoints (cached; rebuilt only when the world or a recipe changes)."""
+    from driftscope.zoo import build_zoo
+
+    folder = build_zoo(size, cache, force, log=lambda m: err.print(f"  {m}", highlight=False))
+    out.print(str(folder), highlight=False)
+
+
+@zoo_app.command("list")
+@friendly
+def zoo_list(cache: Annotated[Optional[Path], typer.Option(help="Zoo cache folder.")] = None):
+    """Built zoos and their variants."""
+    from driftscope.zoo import list_zoos
+
+    zoos = list_zoos(cache)
+    if not zoos:
+        out.print("no zoo built yet: driftscope zoo build")
+    for z in zoos:
+        out.print(f"{z['name']} {z['path']}", highlight=False)
+        for v in z["variants"]:
+            out.print(f"  {v}", highlight=False)
+
+
+@zoo_app.command("path")
+@friendly
+def zoo_path_cmd(
+    size: Annotated[str, typer.Option(help="demo or small.")] = "demo",
+    cache: Annotated[Optional[Path], typer.Option(help="Zoo cache folder.")] = None,
+):
+    """Where a zoo lives (built or not)."""
+    from driftscope.zoo import zoo_path
+
+    out.print(str(zoo_path(size, cache)), highlight=False)
 
 
 def main() -> None:
