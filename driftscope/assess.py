@@ -78,8 +78,9 @@ def add_verdicts(figures: dict, items: pl.DataFrame, th: Thresholds, seed: int) 
     for target, df in groups:
         mc = df.filter(pl.col("base_choice_correct").is_not_null())
         restricted = (mc["base_choice_correct"].to_numpy(), mc["tuned_choice_correct"].to_numpy()) if mc.height else None
+        still = df["tuned_choice_correct"].fill_null(False).to_numpy()
         acc = accuracy_figures(df["base_correct"].to_numpy(), df["tuned_correct"].to_numpy(),
-                               df["corrected_correct"].to_numpy(), th, seed, restricted)
+                               df["corrected_correct"].to_numpy(), th, seed, restricted, still)
         target.update(acc)
         target["verdict_sentence"] = sentence(target)
 

@@ -9,8 +9,9 @@ The verdict, per suite and overall, from paired per-item correctness:
                     rules out a drop larger than `stable_margin`
     inconclusive    no significant drop, but too few items to rule one out
     output-bias     a significant drop, and removing the tuned model's constant
-                    output shift recovers at least `bias_recovery` of it (or the
-                    choice-restricted accuracy holds while free generation falls)
+                    output shift recovers at least `bias_recovery` of it; or at
+                    least that share of the lost items is still answered right
+                    among its choices or after the correction (`explained`)
     knowledge-loss  a significant drop that the correction recovers less than
                     `loss_recovery` of
     mixed           a significant drop with recovery in between
@@ -78,12 +79,15 @@ def recovery(acc_base: float, acc_tuned: float, acc_corrected: float) -> float:
     return (acc_corrected - acc_tuned) / drop if drop > 0 else math.nan
 
 
-def accuracy_figures(base, tuned, corrected, th: Thresholds, seed: int = 0, restricted=None) -> dict:
+def accuracy_figures(base, tuned, corrected, th: Thresholds, seed: int = 0, restricted=None, still=None) -> dict:
     """Figures and verdict for one group of items.
 
-    base, tuned, corrected: (n,) bool correctness. `restricted`: optional
-    (base, tuned) correctness of the choice items when scored among their
-    choices, beside free generation, for the second output-bias test.
+    base, tuned, corrected: (n,) bool correctness of the free answers.
+    `restricted`: optional (base, tuned) correctness of the choice items when
+    scored among their choices, reported beside free generation. `still`:
+    optional (n,) bool, the tuned model's restricted answer is right (False
+    for items without choices): a lost item that is `still` right, or right
+    after the correction, is explained by output bias.
     """
     base, tuned, corrected = (np.asarray(x, dtype=bool) for x in (base, tuned, corrected))
     n = len(base)
@@ -95,6 +99,9 @@ def accuracy_figures(base, tuned, corrected, th: Thresholds, seed: int = 0, rest
     lo, hi = bootstrap_change(base, tuned, th.bootstrap, seed)
     dropped = p < th.alpha and change <= -th.min_drop
     rec = recovery(acc_b, acc_t, acc_c) if dropped else math.nan
+    lost = base & ~tuned
+    back = corrected | (np.asarray(still, dtype=bool) if still is not None else np.zeros(n, dtype=bool))
+    explained = float((lost & back).sum() / lost.sum()) if dropped and lost.any() else math.nan
     out = {
         "n_items": n,
         "accuracy_base": acc_b,
@@ -106,6 +113,7 @@ def accuracy_figures(base, tuned, corrected, th: Thresholds, seed: int = 0, rest
         "items_lost": int(np.sum(base & ~tuned)),
         "items_gained": int(np.sum(~base & tuned)),
         "recovered": rec,
+        "explained": explained,
     }
     held = None
     if restricted is not None and len(restricted[0]):
@@ -115,12 +123,13 @@ def accuracy_figures(base, tuned, corrected, th: Thresholds, seed: int = 0, rest
         held = not (r_p < th.alpha and r_change <= -th.min_drop)
         out["restricted"] = {"n_items": len(rb), "accuracy_base": rb.mean(), "accuracy_tuned": rt.mean(),
                              "accuracy_change": r_change, "mcnemar_p": r_p, "held": held}
-    out["verdict"], out["verdict_reason"] = decide(out, th, held)
+    out["verdict"], out["verdict_reason"] = decide(out, th)
     return out
 
 
-def decide(f: dict, th: Thresholds, restricted_held: bool | None = None) -> tuple[str, str]:
+def decide(f: dict, th: Thresholds) -> tuple[str, str]:
     change, p, (lo, _hi), rec = f["accuracy_change"], f["mcnemar_p"], f["accuracy_change_ci"], f["recovered"]
+    explained = f.get("explained", math.nan)
     if not (p < th.alpha and change <= -th.min_drop):
         if not math.isnan(lo) and lo >= -th.stable_margin:
             return "stable", f"no significant drop (McNemar p={p:.3g}); 95% interval of the change {lo:+.1%} to {_hi:+.1%}"
@@ -128,11 +137,19 @@ def decide(f: dict, th: Thresholds, restricted_held: bool | None = None) -> tupl
                                 f"too few items ({f['n_items']}) to rule out a drop over {th.stable_margin:.0%}")
     if rec >= th.bias_recovery:
         return "output-bias", f"significant drop (p={p:.3g}); the bias correction recovers {rec:.0%} (>= {th.bias_recovery:.0%})"
-    if restricted_held:
-        return "output-bias", f"significant drop in free answers (p={p:.3g}) while accuracy among the choices holds"
-    if rec < th.loss_recovery:
-        return "knowledge-loss", f"significant drop (p={p:.3g}); the bias correction recovers only {rec:.0%} (< {th.loss_recovery:.0%})"
-    return "mixed", f"significant drop (p={p:.3g}); the bias correction recovers {rec:.0%}, between {th.loss_recovery:.0%} and {th.bias_recovery:.0%}"
+    if explained >= th.bias_recovery:
+        return "output-bias", (f"significant drop (p={p:.3g}); {explained:.0%} of the lost items are still answered right "
+                                f"among their choices or after the correction (>= {th.bias_recovery:.0%})")
+    best = max(rec, explained) if not math.isnan(explained) else rec
+    if best < th.loss_recovery:
+        return "knowledge-loss", (f"significant drop (p={p:.3g}); the bias correction recovers only {rec:.0%} and "
+                                  f"{_pct(explained)} of the lost items are still there (< {th.loss_recovery:.0%})")
+    return "mixed", (f"significant drop (p={p:.3g}); the bias correction recovers {rec:.0%} and {_pct(explained)} of the lost "
+                     f"items are still there: between {th.loss_recovery:.0%} and {th.bias_recovery:.0%}")
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.0%}"
 
 
 def sentence(f: dict) -> str:
@@ -153,8 +170,9 @@ def sentence(f: dict) -> str:
     tail = {"output-bias": "output bias, not lost knowledge.",
             "knowledge-loss": "lost knowledge, not just output bias.",
             "mixed": "part output bias, part lost knowledge."}[v]
-    if v == "output-bias" and f.get("restricted", {}).get("held") and (rec is None or math.isnan(rec) or rec < 0.5):
-        back = "accuracy among the answer choices holds while free answers fall"
+    explained = f.get("explained")
+    if v == "output-bias" and (rec is None or math.isnan(rec) or rec < explained):
+        back = f"{explained:.0%} of the lost items are still answered right among their choices or once the output shift{shift} is removed"
     return f"Held-out accuracy fell {-change:.1f} points; {back}: {tail}"
 
 

@@ -48,12 +48,24 @@ def test_mixed_between_the_thresholds():
     assert f["verdict"] == "mixed" and f["recovered"] == pytest.approx(1 / 3)
 
 
-def test_restricted_accuracy_that_holds_means_output_bias():
+def test_lost_items_still_right_among_their_choices_mean_output_bias():
     base, tuned = pairs(60, 30, 0, 10)
-    held = pairs(80, 1, 1, 18)
-    f = accuracy_figures(base, tuned, tuned.copy(), TH, restricted=held)
-    assert f["restricted"]["held"] and f["verdict"] == "output-bias"
-    assert "among the answer choices holds" in sentence(f)
+    still = np.zeros(100, dtype=bool)
+    still[60:85] = True  # 25 of the 30 lost items are still right among their choices
+    f = accuracy_figures(base, tuned, tuned.copy(), TH, still=still)
+    assert f["explained"] == pytest.approx(25 / 30) and f["verdict"] == "output-bias"
+    assert "83% of the lost items are still answered right among their choices" in sentence(f)
+
+
+def test_choice_items_that_hold_do_not_explain_a_drop_elsewhere():
+    """The drop is on free-answer items; the choice items held. That is not
+    evidence of output bias for the items that were lost."""
+    base, tuned = pairs(60, 30, 0, 10)
+    still = np.zeros(100, dtype=bool)
+    still[:60] = True  # choice items, all still right; none of the lost ones
+    f = accuracy_figures(base, tuned, tuned.copy(), TH, restricted=(base[:60], tuned[:60]), still=still)
+    assert f["restricted"]["held"] and f["explained"] == 0
+    assert f["verdict"] == "knowledge-loss"
 
 
 def test_stable_and_inconclusive_depend_on_the_number_of_items():

@@ -196,3 +196,36 @@ def test_full_tune_drifts_to_numbers_and_forgets_more(diagnosis, other):
     full, part = diagnosis["full"], diagnosis[other]
     assert full["classes"]["numeric"]["shift"] > part["classes"]["numeric"]["shift"]
     assert full["accuracy_change"] < part["accuracy_change"]
+
+
+def test_a_pure_output_shift_is_recovered_and_a_rewrite_is_not(diagnosis):
+    """Issue 3's truths by construction: an offset on the output is output bias
+    with (nearly) all of the drop recovered; rewritten facts stay lost."""
+    offset, rewrite = diagnosis["control-offset"], diagnosis["control-rewrite"]
+    assert offset["accuracy_change"] < -0.1 and offset["recovered"] >= 0.9
+    assert offset["classes"]["numeric"]["shift"] > 0.1
+    assert rewrite["accuracy_change"] < -0.1 and rewrite["recovered"] < 0.2
+    # The overall sentence a reviewer reads says so.
+    assert "output bias, not lost knowledge" in offset["verdict_sentence"]
+    assert "lost knowledge" in rewrite["verdict_sentence"]
+
+
+def test_an_identical_copy_reads_stable(manifest):
+    from driftscope.run import compare
+
+    base = manifest["base"]["path"]
+    f = compare(base, [base], [manifest["suites"]["zoo-facts-free"]], out=None, layers=False, weights=False).figures()
+    assert f["kl"]["max"] == 0 and f["accuracy_change"] == 0
+    assert f["verdict"] == "stable", f["verdict_reason"]
+
+
+def test_no_answers_gives_drift_only_with_a_note(manifest, tmp_path):
+    from driftscope.run import compare
+
+    src = load_suite(manifest["suites"]["zoo-facts-free"])
+    bare = tmp_path / "no-answers.jsonl"
+    bare.write_text("".join(json.dumps({"id": p.id, "prompt": p.prompt}) + "\n" for p in src.probes))
+    full = variant(manifest, "full")["path"]
+    f = compare(manifest["base"]["path"], [full], [bare], out=None, layers=False).figures()
+    assert f["kl"]["mean"] > 0 and f["verdict"] == "no-answers"
+    assert "accuracy and the verdict need answers" in f["verdict_sentence"]
