@@ -48,21 +48,26 @@ _UNDECIDED = frozenset({"inconclusive", "no-answers"})  # the run could not give
 _STATS = ("mean", "se", "median", "p90", "p95", "p99", "p99_9", "max", "n")
 _CLASS_FIELDS = ("base", "tuned", "shift", "shift_se", "log_odds_shift")
 FIGURES: tuple[str, ...] = (
-    "n_probes", "n_positions", "top1_agreement",
-    *(f"{d}.{s}" for d in ("kl", "kl_reverse", "js") for s in _STATS),
+    "n_probes", "n_positions", "top1_agreement", "top1_agreement_se",
+    "n_items", "items_lost", "items_gained", "nonfinite_positions", "truncated_prompts", "new_token_mass",
+    *(f"{d}.{s}" for d in ("kl", "kl_reverse", "js", "entropy_base", "entropy_tuned", "base_top1_rank",
+                           "p_gold", "q_gold") for s in _STATS),
     *(f"classes.<class>.{f}" for f in _CLASS_FIELDS),
     "kl_split.between", "kl_split.within", "kl_split.between_share",
     "accuracy_base", "accuracy_tuned", "accuracy_change",
     "accuracy_change_ci.lo", "accuracy_change_ci.hi", "mcnemar_p", "recovered", "verdict",
+    "accuracy_corrected", "explained", "weights.rel_change",
 )
 # Figures that need gold answers: a suites.* rule skips suites with verdict "no-answers".
-_NEEDS_ANSWERS = frozenset({"accuracy_base", "accuracy_tuned", "accuracy_change",
-                            "accuracy_change_ci", "mcnemar_p", "recovered", "verdict"})
+_NEEDS_ANSWERS = frozenset({"accuracy_base", "accuracy_tuned", "accuracy_change", "accuracy_corrected",
+                            "accuracy_change_ci", "mcnemar_p", "recovered", "explained", "verdict",
+                            "n_items", "items_lost", "items_gained"})
 FIGURES_HINT = (
-    "figures: n_probes, n_positions, top1_agreement, "
-    "{kl,kl_reverse,js}.{mean,se,median,p90,p95,p99,p99_9,max,n}, "
+    "figures: n_probes, n_positions, top1_agreement, n_items, items_lost, items_gained, nonfinite_positions, "
+    "truncated_prompts, new_token_mass, weights.rel_change, "
+    "{kl,kl_reverse,js,entropy_base,entropy_tuned,base_top1_rank,p_gold,q_gold}.{mean,se,median,p90,p95,p99,p99_9,max,n}, "
     "classes.<class>.{base,tuned,shift,shift_se,log_odds_shift}, kl_split.{between,within,between_share}, "
-    "accuracy_{base,tuned,change}, accuracy_change_ci.{lo,hi}, mcnemar_p, recovered, verdict; "
+    "accuracy_{base,tuned,corrected,change}, accuracy_change_ci.{lo,hi}, mcnemar_p, recovered, explained, verdict; "
     "each also per suite as suites.<suite>.<figure> or suites.*.<figure>"
 )
 _RULE_KEYS = ("figure", *OPERATORS, "message", "name")

@@ -192,10 +192,9 @@ def compare(
         tables["classes"].append(acc.classes_table())
         tables["tokens"].append(acc.tokens_table(s.top_tokens))
 
+    correlations: dict = {}
     if weights:
-        add_weights(checkpoints, Path(base_ck.path), tables, correlations := {})
-    else:
-        correlations = {}
+        add_weights(checkpoints, Path(base_ck.path), tables, correlations)
     frames = {k: pl.concat(v, how="diagonal_relaxed") for k, v in tables.items() if v}
     frames["items"] = items_table(frames["positions"], probe_list, encoded, pl.concat(answers) if answers else None)
     for c in checkpoints:
