@@ -271,9 +271,8 @@ def test_report_from_a_real_compare(family, tmp_path):
 
     compare(family["base"], [family["tuned"], family["lora"]], out=tmp_path, name="real")
     text = write_report(tmp_path / "real").read_text(encoding="utf-8")
-    for anchor in ("headline", "suites", "drift", "classes", "movers", "items", "checkpoints"):
+    for anchor in ("headline", "suites", "drift", "classes", "movers", "items", "layers", "checkpoints"):
         assert f'<section id="{anchor}">' in text, anchor
-    assert '<section id="layers">' not in text  # no layers table yet
     items = json.loads({i: t for k, t, i in parse(text).scripts if k == "application/json"}["ds-items"])
     assert items["shown"] == items["total"] > 0
 
