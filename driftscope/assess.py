@@ -24,20 +24,24 @@ def answer_items(base_ck, tuned_cks, estimators, probes, encoded, chat, max_leng
     batches = A.batches_for(seqs, batch_size, tok, device) if seqs else []
     tick = (lambda: progress()) if progress else (lambda: None)
 
-    def answers(model, offsets_of=None):
-        texts = A.generate_all(model, tok, with_answer, batch_size, offsets_of, vocab)
-        ll = cnt = llc = None
-        if seqs:
-            ll, cnt, llc = A.choice_logliks(model, batches, len(seqs), vocab, offsets_of, keys)
-        return texts, ll, cnt, llc
+    def choices(model, offsets_of=None):
+        # One pass gives the plain and, with offsets, the corrected log-likelihoods.
+        if not seqs:
+            return None, None, None
+        return A.choice_logliks(model, batches, len(seqs), vocab, offsets_of, keys)
 
-    base_texts, base_ll, cnt, _ = answers(base_ck.model)
+    def generate(model, offsets_of=None):
+        return A.generate_all(model, tok, with_answer, batch_size, offsets_of, vocab)
+
+    base_texts = generate(base_ck.model)
+    base_ll, cnt, _ = choices(base_ck.model)
     tick()
     frames = []
     for ck, est in zip(tuned_cks, estimators):
-        t_texts, t_ll, _, _ = answers(ck.model)
+        t_texts = generate(ck.model)
         tick()
-        c_texts, _, _, c_ll = answers(ck.model, est.for_probes)
+        c_texts = generate(ck.model, est.for_probes)
+        t_ll, _, c_ll = choices(ck.model, est.for_probes)
         tick()
         frames.append(_items_frame(ck.label, probes, with_answer, keys, cnt,
                                    (base_texts, base_ll), (t_texts, t_ll), (c_texts, c_ll)))
