@@ -2,7 +2,9 @@
 
     driftscope bench BASE TUNED --sizes 100,1000
 
-For each size N, N probes are drawn round-robin from the built-in suites. In a
+For each size N, the probes cycle one fixed pool of 100 drawn round-robin from
+the built-in suites (ids made unique), so every size has the same length
+distribution and a change in memory is due to the number of probes alone. In a
 fresh process each:
   bare     both models' plain forward passes (full logits, no hooks) over the
            very batches compare builds;
@@ -24,19 +26,20 @@ from pathlib import Path
 import torch
 
 
+POOL = 100
+
+
 def probe_file(n: int, dest: Path) -> Path:
     from driftscope.probes import list_suites
 
     pools = [list(s.probes) for s in list_suites()]
-    picked, i = [], 0
-    while len(picked) < n:
-        pool = pools[i % len(pools)]
-        k = i // len(pools)
-        if k < len(pool):
-            picked.append(pool[k])
+    pool, i = [], 0
+    while len(pool) < POOL and i < POOL * len(pools):
+        suite = pools[i % len(pools)]
+        if i // len(pools) < len(suite):
+            pool.append(suite[i // len(pools)])
         i += 1
-        if i > n * len(pools) + 10_000:
-            break
+    picked = [pool[j % len(pool)] for j in range(n)]
     path = dest / f"bench{n}.jsonl"
     with path.open("w") as f:
         f.write(json.dumps({"_suite": {"name": f"bench{n}", "version": "1", "description": "benchmark mix"}}) + "\n")
@@ -79,10 +82,11 @@ def bare(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype
     return {"seconds": time.perf_counter() - start, "batches": len(batches), "peak_rss_mb": _peak_mb()}
 
 
-def compare_run(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str) -> dict:
+def compare_run(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str, accuracy: bool = True) -> dict:
     import driftscope
 
-    r = driftscope.compare(base, [tuned], [probes], out=None, batch_size=batch_size, device=device, dtype=dtype)
+    r = driftscope.compare(base, [tuned], [probes], out=None, batch_size=batch_size, device=device, dtype=dtype,
+                           accuracy=accuracy)
     t = r.meta["timings"]
     tables_mb = sum(df.estimated_size() for df in r.tables.values()) / 2**20
     return {"seconds": t["drift_s"], "accuracy_s": t["accuracy_s"], "batches": t["batches"],
@@ -97,7 +101,8 @@ def _in_subprocess(mode: str, **kw) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtype="auto", work: Path | None = None, log=print):
+def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtype="auto", work: Path | None = None,
+              log=print, accuracy: bool = True):
     import tempfile
 
     work = Path(work or tempfile.mkdtemp(prefix="driftscope-bench-"))
@@ -107,7 +112,7 @@ def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtyp
         probes = str(probe_file(n, work))
         kw = dict(base=str(base), tuned=str(tuned), probes=probes, batch_size=batch_size, device=device, dtype=dtype)
         b = _in_subprocess("bare", **kw)
-        c = _in_subprocess("compare", **kw)
+        c = _in_subprocess("compare", **kw, accuracy=accuracy)
         row = {"probes": n, "batches": b["batches"], "bare_s": b["seconds"], "drift_s": c["seconds"],
                "ratio": c["seconds"] / b["seconds"], "accuracy_s": c["accuracy_s"],
                "bare_peak_mb": b["peak_rss_mb"], "compare_peak_mb": c["peak_rss_mb"], "tables_mb": c["tables_mb"]}

@@ -79,6 +79,7 @@ def compare(
     no_html: Annotated[bool, typer.Option("--no-html", help="Skip report.html and the runs index.")] = False,
     no_weights: Annotated[bool, typer.Option("--no-weights", help="Skip the weight-distance table.")] = False,
     no_layers: Annotated[bool, typer.Option("--no-layers", help="Skip per-layer activations, logit lens and components.")] = False,
+    no_accuracy: Annotated[bool, typer.Option("--no-accuracy", help="Drift figures only: skip answering the items (no verdict).")] = False,
     gates: Annotated[Optional[str], typer.Option(help="Gate the run: a gates TOML file or 'default'. Exit 1 on a breach, 3 if inconclusive.")] = None,
     junit: Annotated[Optional[Path], typer.Option(help="With --gates: write JUnit XML here.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="With --gates: write a Markdown summary here.")] = None,
@@ -101,7 +102,7 @@ def compare(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             device=device, dtype=dtype, batch_size=batch_size, max_length=max_length,
             chat_template=chat_template, seed=seed, allow_pickle=allow_pickle, thresholds=thresholds,
-            html=not no_html, weights=not no_weights, layers=not no_layers,
+            html=not no_html, weights=not no_weights, layers=not no_layers, accuracy=not no_accuracy,
         )
     print_headline(result)
     out.print(f"run written to [bold]{result.path}[/]" + ("" if no_html else f" (open {result.path / 'report.html'})"),
@@ -273,6 +274,7 @@ def bench(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON here.")] = None,
+    accuracy: Annotated[bool, typer.Option(help="Also run compare's accuracy pass (greedy decoding, choices).")] = True,
 ):
     """Time compare's scoring pass against bare forward passes; report peak memory."""
     import json
@@ -288,7 +290,7 @@ def bench(
         from driftscope.models import checkpoint_kind
 
         checkpoint_kind(path)
-    rows = run_bench(base, tuned, ns, batch_size, device, dtype, log=lambda r: err.print(f"measured {r['probes']} probes"))
+    rows = run_bench(base, tuned, ns, batch_size, device, dtype, log=lambda r: err.print(f"measured: {r}"), accuracy=accuracy)
     table = Table(title="compare vs bare forward passes (both models, same batches)", title_justify="left")
     for col in ("probes", "batches", "bare s", "drift pass s", "ratio", "accuracy pass s", "peak MB bare", "peak MB compare", "tables MB"):
         table.add_column(col, justify="right")

@@ -156,6 +156,8 @@ def sentence(f: dict) -> str:
     """The verdict in a sentence a reviewer understands."""
     v = f.get("verdict")
     if v == "no-answers":
+        if "skipped" in f.get("verdict_reason", ""):
+            return "Drift figures only: the accuracy pass was skipped (--no-accuracy); accuracy and the verdict need answers."
         return "No gold answers in these probes: drift figures only; accuracy and the verdict need answers."
     change = f["accuracy_change"] * 100
     numeric = f.get("classes", {}).get("numeric", {}).get("shift")

@@ -94,7 +94,7 @@ class LayerAccumulator:
 
     def __init__(self, label: str, base_model, tuned_model, classes: ClassTable, vocab: int, *,
                  cka_exact_max: int = 1024, cka_dims: int = 512, seed: int = 0,
-                 lens_budget: int = 1 << 24, head_cache: dict | None = None):
+                 lens_budget: int = 1 << 24, head_cache: dict | None = None, lens_layers: int = 12):
         self.label = label
         self.vocab = vocab
         self.classes = classes
@@ -104,9 +104,13 @@ class LayerAccumulator:
             raise ArchitectureError(f"{label}: {self.tuned.num_layers} layers against the base's {self.base.num_layers}",
                                     hint="layer figures need checkpoints of the same shape")
         self.L = self.base.num_layers
+        self.lens_idx = sorted({round(x) for x in np.linspace(0, self.L - 1, min(lens_layers, self.L))})
         self.comp = {"base": component_modules(self.base), "tuned": component_modules(self.tuned)}
         self.membership = classes.membership[:vocab].double()  # (V, C)
         self.lens_budget = lens_budget  # float64 elements of (rows, vocab) lens log-probs per side at once
+        # The lens costs a head projection per layer: at most `lens_layers` evenly
+        # spaced layers (first and last included), enough to see the depth at
+        # which a bias appears; the residual figures cover every layer.
         cache = head_cache if head_cache is not None else {}
         wb = _head_weight(self.base.lm_head, vocab)
         wt = _head_weight(self.tuned.lm_head, vocab)
@@ -197,12 +201,12 @@ class LayerAccumulator:
             self._lens(hb, ht, nxt)
 
     def _lens(self, hb: dict, ht: dict, nxt: torch.Tensor) -> None:
-        """Logit lens of both models on every layer at next positions, a few layers at once."""
+        """Logit lens of both models on the lens layers at next positions, a few layers at once."""
         per = max(1, self.lens_budget // max(1, len(nxt) * self.vocab))  # layers per chunk
         first_dev = hb["layer.0"].device
         member = self.membership.to(self.device)
-        for lo in range(0, self.L, per):
-            idx = range(lo, min(lo + per, self.L))
+        for start in range(0, len(self.lens_idx), per):
+            idx = self.lens_idx[start:start + per]
             sides = []
             for states, arch in ((hb, self.base), (ht, self.tuned)):
                 at = next(arch.final_norm.parameters(), None)  # a model split over devices: go to the norm's
@@ -215,9 +219,10 @@ class LayerAccumulator:
             kl = D.kl(logp, logq).view(len(idx), k).sum(1)
             mp = D.class_masses(logp, member).view(len(idx), k, -1).sum(1)
             mq = D.class_masses(logq, member).view(len(idx), k, -1).sum(1)
-            self.lens["kl"][lo:lo + len(idx)] += kl
-            self.lens["base"][lo:lo + len(idx)] += mp
-            self.lens["tuned"][lo:lo + len(idx)] += mq
+            rows = torch.tensor(idx, device=self.lens["kl"].device)
+            self.lens["kl"].index_add_(0, rows, kl.to(self.lens["kl"]))
+            self.lens["base"].index_add_(0, rows, mp.to(self.lens["base"]))
+            self.lens["tuned"].index_add_(0, rows, mq.to(self.lens["tuned"]))
 
     # -- reporting ---------------------------------------------------------
 
@@ -235,11 +240,11 @@ class LayerAccumulator:
             "n_positions": [self.n_pos] * L, "n_next": [self.n_next] * L,
             "rel_l2": rel, "rel_l2_se": se, "cosine": nan_if(self.n_pos, hid["cos"] / n),
             "cka": [s.value() for s in self.cka], "cka_dims": [self.cka_dims] * L,
-            "lens_kl": nan_if(self.n_next, lens["kl"] / k),
+            "lens_kl": self._lensed(nan_if(self.n_next, lens["kl"] / k)),
         }
         for j, name in enumerate(names):
-            layers[f"lens_{name}_base"] = nan_if(self.n_next, lens["base"][:, j] / k)
-            layers[f"lens_{name}_tuned"] = nan_if(self.n_next, lens["tuned"][:, j] / k)
+            layers[f"lens_{name}_base"] = self._lensed(nan_if(self.n_next, lens["base"][:, j] / k))
+            layers[f"lens_{name}_tuned"] = self._lensed(nan_if(self.n_next, lens["tuned"][:, j] / k))
         rows = []
         for i in range(L):
             for c in COMPONENTS:
@@ -256,6 +261,12 @@ class LayerAccumulator:
         frame = pl.DataFrame(layers).with_columns(pl.col(c).cast(t) for c, t in schema.items())
         comps = pl.DataFrame(rows).with_columns(pl.col("layer").cast(pl.Int32), pl.col("n_positions", "n_next").cast(pl.Int64))
         return {"layers": frame, "components": comps}
+
+    def _lensed(self, values: np.ndarray) -> np.ndarray:
+        """Layers outside the lens subset read NaN, not 0."""
+        out = np.full(self.L, math.nan)
+        out[self.lens_idx] = values[self.lens_idx]
+        return out
 
     def headline(self, fraction: float = ENTRY_FRACTION) -> dict:
         t = self.tables()

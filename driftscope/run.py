@@ -84,6 +84,7 @@ def compare(
     html: bool = True,
     weights: bool = True,
     layers: bool = True,
+    accuracy: bool = True,
     **settings,
 ) -> DriftResult:
     """Compare each tuned checkpoint with the base on the probe suites.
@@ -125,7 +126,7 @@ def compare(
     suite_of = [p.suite for p in probe_list]
     accs = [DriftAccumulator(c.label, [x.name for x in suites], suite_of, table, vocab) for c in tuned_cks]
     estimators = [OffsetEstimator(len(probe_list), vocab, s.seed) for _ in tuned_cks]
-    has_answers = any(p.answer is not None for p in probe_list)
+    has_answers = accuracy and any(p.answer is not None for p in probe_list)
     head_cache: dict = {}  # the base head's (d, d) grams, computed once for all checkpoints
     layer_accs, layer_notes = [], []
     for c in tuned_cks:
@@ -205,8 +206,9 @@ def compare(
             correlations[c["label"]] = {"items": item_correlations(items, th, s.seed),
                                         "suites": group_correlations(list(f["suites"].values()), th, s.seed)}
         else:
+            reason = "no items with gold answers" if accuracy else "the accuracy pass was skipped (--no-accuracy)"
             for target in [f, *f["suites"].values()]:
-                target.update({"verdict": "no-answers", "verdict_reason": "no items with gold answers"})
+                target.update({"verdict": "no-answers", "verdict_reason": reason})
                 target["verdict_sentence"] = sentence(target)
     if has_answers and len(checkpoints) > 1:
         correlations["checkpoints"] = group_correlations([c["figures"] for c in checkpoints], th, s.seed)

@@ -381,3 +381,17 @@ def test_entry_point_rule():
     head = entry_point(layers, comps, fraction=0.2)
     assert head["enters_layer"] == 1 and (head["component"], head["component_layer"]) == ("attn", 1)
     assert np.isclose(head["final_rel_l2"], 0.4)
+
+
+def test_lens_runs_on_a_subset_of_layers_and_says_so(models):
+    """The lens is capped at `lens_layers` evenly spaced layers (first and last
+    kept); the others read NaN, never a made-up 0. Residual figures cover all."""
+    base = models["llama"]
+    tuned = perturb(copy.deepcopy(base))
+    acc, _, _ = run(base, tuned, batches(), lens_layers=2)
+    t = acc.tables()["layers"].sort("layer")
+    L = t.height
+    assert acc.lens_idx == [0, L - 1]
+    lens = t["lens_kl"].to_numpy()
+    assert np.isfinite(lens[[0, L - 1]]).all() and np.isnan(lens[1:L - 1]).all()
+    assert np.isfinite(t["rel_l2"].to_numpy()).all()
