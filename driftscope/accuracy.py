@@ -21,7 +21,8 @@ import re
 import numpy as np
 import torch
 
-from driftscope.capture import NEXT, Batch, Encoded, capture, encode, make_batches, score
+from driftscope.capture import (NEXT, Batch, Block, Encoded, block_rows, blocks, capture, encode, forward,
+                                make_batches, project_block)
 
 FOLDS = 5  # cross-fitting folds: each offset is estimated on 80% of the items
 
@@ -35,13 +36,21 @@ class OffsetEstimator:
         self.sums = torch.zeros(folds, vocab, dtype=torch.float64)
         self.counts = torch.zeros(folds, dtype=torch.float64)
 
-    def update(self, batch: Batch, logp: torch.Tensor, logq: torch.Tensor) -> None:
-        sel = batch.kind == NEXT
-        d = (logq[sel] - logp[sel]).double().cpu()
+    def update(self, block: Block, logp: torch.Tensor, logq: torch.Tensor) -> None:
+        """One block of (block.size, V) log-probs; its next positions among the first block.n rows count."""
+        d = (logq - logp).double().cpu()  # (size, V): one shape for every block
         ok = torch.isfinite(d).all(-1)
-        folds = self.fold[batch.probe[sel]][ok]
-        self.sums.index_add_(0, folds, d[ok])
-        self.counts.index_add_(0, folds, torch.ones(len(folds), dtype=torch.float64))
+        if not ok.all():
+            d = torch.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0)
+        use = torch.zeros(block.size, dtype=torch.bool)
+        use[: block.n] = block.kind == NEXT
+        use &= ok
+        # (K, size) one-hot of each used row's fold: the sums take one matmul, no ragged selection.
+        onehot = torch.zeros(len(self.counts), block.size, dtype=torch.float64)
+        rows = use.nonzero().flatten()
+        onehot[self.fold[block.probe[rows]], rows] = 1.0
+        self.sums += onehot @ d
+        self.counts += onehot.sum(1)
 
     def offsets(self) -> torch.Tensor:
         """(K, V): the offset to subtract from items of fold k (other folds' mean)."""
@@ -145,17 +154,20 @@ def choice_logliks(model, batches: list[Batch], n_seqs: int, vocab: int, offsets
     ll_corr = np.zeros(n_seqs)
     count = np.zeros(n_seqs)
     probe_of_seq = torch.tensor([k[0] for k in keys]) if keys else None
+    size = block_rows(vocab)
     with capture(model) as state:
         for batch in batches:
-            logp, _ = score(model, state, batch, vocab)
-            logp = logp.double().cpu()
-            gold = batch.gold[:, None]
-            seq = batch.probe.numpy()
-            np.add.at(ll, seq, logp.gather(-1, gold).squeeze(-1).numpy())
-            np.add.at(count, seq, 1)
-            if offsets_of is not None:
-                corr = torch.log_softmax(logp - offsets_of(probe_of_seq[batch.probe]).double(), -1)
-                np.add.at(ll_corr, seq, corr.gather(-1, gold).squeeze(-1).numpy())
+            forward(model, state, batch)
+            for block in blocks(batch, size):
+                logp = project_block(model, state, block, vocab)[0].double().cpu()  # (size, V)
+                n, seq = block.n, block.probe.numpy()
+                gold = torch.cat([block.gold, block.gold[-1:].expand(block.size - n)])[:, None]
+                np.add.at(ll, seq, logp.gather(-1, gold).squeeze(-1)[:n].numpy())
+                np.add.at(count, seq, 1)
+                if offsets_of is not None:
+                    padded = block.probe[block.index - block.index[0]]  # the block's rows, padded as logp is
+                    corr = torch.log_softmax(logp - offsets_of(probe_of_seq[padded]).double(), -1)
+                    np.add.at(ll_corr, seq, corr.gather(-1, gold).squeeze(-1)[:n].numpy())
     return ll, count, ll_corr
 
 

@@ -11,13 +11,14 @@ fresh process each:
   compare  driftscope.compare() on the same probes: its drift pass (hooks,
            metrics, reducers) is timed against `bare`; the accuracy pass
            (choice scoring and greedy decoding) is reported beside it.
-Peak memory is the process's peak resident set size.
+Peak memory is resident set size: the whole process's peak, and the peak of
+the scoring pass alone (bare: the forward passes; compare: the drift pass),
+each phase's peak being measured on its own (driftscope.memory; Linux).
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -53,15 +54,13 @@ def probe_file(n: int, dest: Path) -> Path:
     return path
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def bare(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str) -> dict:
     from driftscope.capture import encode, make_batches
+    from driftscope.memory import PhasePeaks
     from driftscope.models import load_base, load_tuned
     from driftscope.run import _use_chat, load_suites
 
+    memory = PhasePeaks()
     b = load_base(base, device, dtype)
     t = load_tuned(tuned, b)
     tok = b.tokenizer
@@ -71,6 +70,7 @@ def bare(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     batches = make_batches([encode(p, i, tok, chat, max_length) for i, p in enumerate(probe_list)], batch_size, pad)
     dev = next(b.model.parameters()).device
+    memory.mark("loaded")
     start = time.perf_counter()
     with torch.inference_mode():
         for batch in batches:
@@ -79,7 +79,10 @@ def bare(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype
                 model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    return {"seconds": time.perf_counter() - start, "batches": len(batches), "peak_rss_mb": _peak_mb()}
+    seconds = time.perf_counter() - start
+    memory.mark("pass")
+    return {"seconds": seconds, "batches": len(batches), "peak_rss_mb": memory.peaks["run"],
+            "pass_peak_rss_mb": memory.peaks["pass"]}
 
 
 def compare_run(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str, accuracy: bool = True) -> dict:
@@ -87,10 +90,11 @@ def compare_run(base: str, tuned: str, probes: str, batch_size: int, device: str
 
     r = driftscope.compare(base, [tuned], [probes], out=None, batch_size=batch_size, device=device, dtype=dtype,
                            accuracy=accuracy)
-    t = r.meta["timings"]
+    t, peaks = r.meta["timings"], r.meta["peak_rss_mb"]
     tables_mb = sum(df.estimated_size() for df in r.tables.values()) / 2**20
     return {"seconds": t["drift_s"], "accuracy_s": t["accuracy_s"], "batches": t["batches"],
-            "peak_rss_mb": _peak_mb(), "tables_mb": tables_mb, "verdict": r.figures()["verdict"]}
+            "peak_rss_mb": peaks["run"], "pass_peak_rss_mb": peaks["drift"], "phase_peaks_mb": peaks,
+            "tables_mb": tables_mb, "verdict": r.figures()["verdict"]}
 
 
 def _in_subprocess(mode: str, **kw) -> dict:
@@ -115,7 +119,9 @@ def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtyp
         c = _in_subprocess("compare", **kw, accuracy=accuracy)
         row = {"probes": n, "batches": b["batches"], "bare_s": b["seconds"], "drift_s": c["seconds"],
                "ratio": c["seconds"] / b["seconds"], "accuracy_s": c["accuracy_s"],
-               "bare_peak_mb": b["peak_rss_mb"], "compare_peak_mb": c["peak_rss_mb"], "tables_mb": c["tables_mb"]}
+               "bare_peak_mb": b["peak_rss_mb"], "compare_peak_mb": c["peak_rss_mb"],
+               "bare_pass_peak_mb": b["pass_peak_rss_mb"], "drift_pass_peak_mb": c["pass_peak_rss_mb"],
+               "compare_phase_peaks_mb": c["phase_peaks_mb"], "tables_mb": c["tables_mb"]}
         rows.append(row)
         log(row)
     return rows

@@ -110,6 +110,52 @@ def make_batches(encoded: list[Encoded], batch_size: int, pad_id: int) -> list[B
     return [collate(order[i : i + batch_size], pad_id) for i in range(0, len(order), batch_size)]
 
 
+# Every (rows, vocab) tensor of the metrics has this many elements at most: 16 MiB in float64.
+BLOCK_ELEMENTS = 1 << 21
+
+
+def block_rows(vocab: int, elements: int | None = None) -> int:
+    """Rows per block: a multiple of 8, from 8 to 512, with rows x vocab <= elements where it can."""
+    return max(8, min(512, (elements or BLOCK_ELEMENTS) // max(vocab, 1) // 8 * 8))
+
+
+@dataclass
+class Block:
+    """Scored positions of one batch, `size` rows at a time.
+
+    Every block of a run has the same number of rows: the last one of a batch
+    repeats its final real position up to `size`. So every (rows, vocab) tensor
+    the metrics allocate has one shape for the whole run, whatever the batches'
+    makeup, and the allocator reuses the same memory for each block instead of
+    fragmenting its heap with tensors of a different size per batch (which made
+    the peak grow with the number of probes). Only the first `n` rows count.
+
+    index: (size,) rows of the batch's scored positions (into CaptureState.final).
+    gold, kind, probe, offset: (n,) as in Batch, for the real rows.
+    """
+
+    index: torch.Tensor
+    n: int
+    gold: torch.Tensor
+    kind: torch.Tensor
+    probe: torch.Tensor
+    offset: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return len(self.index)
+
+
+def blocks(batch: Batch, size: int):
+    """Yield the batch's scored positions as Blocks of exactly `size` rows."""
+    total = len(batch.gold)
+    for start in range(0, total, size):
+        n = min(size, total - start)
+        index = torch.arange(start, start + size).clamp_max(start + n - 1)
+        real = slice(start, start + n)
+        yield Block(index, n, batch.gold[real], batch.kind[real], batch.probe[real], batch.offset[real])
+
+
 @dataclass
 class CaptureState:
     """What the hooks gathered on the last forward pass."""
@@ -178,9 +224,21 @@ def project(model, hidden: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torc
 
 
 @torch.inference_mode()
-def score(model, state: CaptureState, batch: Batch, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass; log-probs at the batch's scored positions (N, vocab)."""
+def forward(model, state: CaptureState, batch: Batch) -> None:
+    """One forward pass: fills state.final (N, d_model) and state.modules."""
     state.rows, state.cols = batch.rows, batch.cols
     state.modules.clear()
     model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+
+
+@torch.inference_mode()
+def project_block(model, state: CaptureState, block: Block, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """project() on one block's rows of the last forward pass: (block.size, vocab), (block.size,)."""
+    return project(model, state.final[block.index.to(state.final.device)], vocab)
+
+
+@torch.inference_mode()
+def score(model, state: CaptureState, batch: Batch, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass; log-probs at all the batch's scored positions (N, vocab)."""
+    forward(model, state, batch)
     return project(model, state.final, vocab)

@@ -291,17 +291,23 @@ def bench(
 
         checkpoint_kind(path)
     rows = run_bench(base, tuned, ns, batch_size, device, dtype, log=lambda r: err.print(f"measured: {r}"), accuracy=accuracy)
-    table = Table(title="compare vs bare forward passes (both models, same batches)", title_justify="left")
-    for col in ("probes", "batches", "bare s", "drift pass s", "ratio", "accuracy pass s", "peak MB bare", "peak MB compare", "tables MB"):
+    table = Table(title="compare vs bare forward passes (both models, same batches); peaks: resident MB",
+                  title_justify="left")
+    cols = ("probes", "batches", "bare s", "drift pass s", "ratio", "accuracy pass s",
+            "peak bare pass", "peak drift pass", "peak bare", "peak compare", "tables MB")
+    for col in cols:
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["probes"]), str(r["batches"]), f"{r['bare_s']:.2f}", f"{r['drift_s']:.2f}", f"{r['ratio']:.2f}x",
-                      f"{r['accuracy_s']:.2f}", f"{r['bare_peak_mb']:.0f}", f"{r['compare_peak_mb']:.0f}", f"{r['tables_mb']:.2f}")
+                      f"{r['accuracy_s']:.2f}", f"{r['bare_pass_peak_mb']:.0f}", f"{r['drift_pass_peak_mb']:.0f}",
+                      f"{r['bare_peak_mb']:.0f}", f"{r['compare_peak_mb']:.0f}", f"{r['tables_mb']:.2f}")
     out.print(table)
     if len(rows) > 1:
-        grow = rows[-1]["compare_peak_mb"] - rows[0]["compare_peak_mb"]
-        tables = rows[-1]["tables_mb"] - rows[0]["tables_mb"]
-        out.print(f"peak memory grew {grow:.0f} MB from {rows[0]['probes']} to {rows[-1]['probes']} probes; the tables grew {tables:.1f} MB")
+        first, last = rows[0], rows[-1]
+        tables = last["tables_mb"] - first["tables_mb"]
+        out.print(f"from {first['probes']} to {last['probes']} probes: compare's peak changed "
+                  f"{last['compare_peak_mb'] - first['compare_peak_mb']:+.0f} MB, the drift pass's "
+                  f"{last['drift_pass_peak_mb'] - first['drift_pass_peak_mb']:+.0f} MB; the tables grew {tables:.1f} MB")
     if json_out:
         json_out.write_text(json.dumps(rows, indent=2))
 

@@ -1,6 +1,6 @@
 """Distribution drift of one tuned checkpoint against the base, batch by batch.
 
-`DriftAccumulator.update` turns a batch of (base, tuned) log-probs into
+`DriftAccumulator.update` turns a block of (base, tuned) log-probs into
 per-position figures, feeds the streaming reducers of each scope ("all" and
 every suite) and keeps one small row per position. `figures()` and the
 `*_table()` methods report.
@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from driftscope.capture import Batch
+from driftscope.capture import Block
 from driftscope.metrics import divergence as D
 from driftscope.reducers import ClassMass, Moments, Sketch, TokenMovers
 from driftscope.tokenclasses import PARTITION, ClassTable
@@ -66,65 +66,69 @@ class DriftAccumulator:
         self.movers = TokenMovers(vocab)
         self.membership = classes.membership.double()  # (V, C)
         self.partition = classes.partition.double()  # (V, P)
+        self.groups = torch.cat([self.membership, self.partition], 1)  # one matmul gives both masses
         self.rows: list[dict[str, np.ndarray]] = []
         self.nonfinite = 0
         self.new_token_mass = Moments()
 
-    def update(self, batch: Batch, base: tuple[torch.Tensor, torch.Tensor], tuned: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def update(self, block: Block, base: tuple[torch.Tensor, torch.Tensor], tuned: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """One block: (block.size, V) log-probs of base and tuned; its first block.n rows are real."""
         logp, _ = base
         logq, extra_q = tuned
         # float64: KL between near-identical models is a small difference of big numbers.
         logp, logq = logp.double().cpu(), logq.double().cpu()
-        finite = torch.isfinite(logp).all(-1) & torch.isfinite(logq).all(-1)
-        self.nonfinite += int((~finite).sum())
-        if not finite.all():
-            keep = finite.nonzero().flatten()
-            logp, logq, extra_q = logp[keep], logq[keep], extra_q.cpu()[keep]
-            gold, kind, probe, offset = (t[keep] for t in (batch.gold, batch.kind, batch.probe, batch.offset))
-        else:
-            gold, kind, probe, offset = batch.gold, batch.kind, batch.probe, batch.offset
-        if logp.shape[0] == 0:
+        finite = torch.isfinite(logp.sum(-1) + logq.sum(-1))  # a row sum is finite iff every entry is
+        real = torch.arange(block.size) < block.n
+        self.nonfinite += int((real & ~finite).sum())
+        if not finite.all():  # keep every tensor's shape: neutral rows in place of the bad ones, then drop them
+            neutral = -math.log(logp.shape[-1])
+            logp = torch.where(finite[:, None], logp, neutral)
+            logq = torch.where(finite[:, None], logq, neutral)
+        keep = (real & finite).numpy()
+        kept = keep[: block.n]
+        if not keep.any():
             return
-        f = self._position_figures(logp, logq, gold)
-        p_mass = D.class_masses(logp, self.membership).numpy()
-        q_mass = D.class_masses(logq, self.membership).numpy()
-        self.movers.update(logp.exp().sum(0).double().numpy(), logq.exp().sum(0).double().numpy(), logp.shape[0])
-        self.new_token_mass.update(extra_q.float().exp().cpu().numpy())
+        f, p_mass, q_mass, p, q = self._position_figures(logp, logq, block.gold, block.size)
+        f = {k: v[keep] for k, v in f.items()}
+        p_mass, q_mass = p_mass[keep], q_mass[keep]
+        weight = torch.from_numpy(keep).double()
+        self.movers.update((weight @ p).numpy(), (weight @ q).numpy(), int(keep.sum()))
+        del p, q
+        self.new_token_mass.update(extra_q.float().cpu().exp().numpy()[keep])
 
-        probe_np = probe.numpy()
+        probe_np = block.probe.numpy()[kept]
         suite_of = np.array([self.probe_suite[i] for i in probe_np])
         everywhere = np.ones(len(probe_np), dtype=bool)
         self.scopes["all"].update(f, everywhere, (p_mass, q_mass), probe_np)
         for s in np.unique(suite_of):
             self.scopes[s].update(f, suite_of == s, (p_mass, q_mass), probe_np)
 
-        row = {"probe": probe_np, "kind": kind.numpy(), "offset": offset.numpy(), "gold": gold.numpy(), **f}
+        row = {"probe": probe_np, "kind": block.kind.numpy()[kept], "offset": block.offset.numpy()[kept],
+               "gold": block.gold.numpy()[kept], **f}
         for j, name in enumerate(self.classes.names):
             row[f"p_{name}"] = p_mass[:, j]
             row[f"q_{name}"] = q_mass[:, j]
         self.rows.append(row)
 
-    def _position_figures(self, logp, logq, gold) -> dict[str, np.ndarray]:
+    def _position_figures(self, logp, logq, gold, size: int):
+        """Per-row figures (numpy), class masses of base and tuned (N, C), and p, q (N, V)."""
+        gold = torch.cat([gold, gold.new_full((size - len(gold),), -1)])  # padded rows: no gold
         has_gold = gold >= 0
-        g = gold.clamp_min(0)
-        between, within = D.kl_split(logp, logq, self.partition)
+        g = gold.clamp_min(0)[:, None]
+        fig = D.position_figures(logp, logq, self.groups)
+        C = self.membership.shape[1]
+        between = D.between_class(fig["p_groups"][:, C:], fig["q_groups"][:, C:])
         nan = torch.full_like(logp[:, 0], float("nan"))
-        figs = {
-            "kl": D.kl(logp, logq),
-            "kl_reverse": D.kl(logq, logp),
-            "js": D.js(logp, logq),
-            "entropy_base": D.entropy(logp),
-            "entropy_tuned": D.entropy(logq),
-            "top1_agree": D.top1_agree(logp, logq),
-            "base_top1": logp.argmax(-1).float(),
-            "tuned_top1": logq.argmax(-1).float(),
-            "base_top1_rank": D.rank_under(logq, logp.argmax(-1)),
-            "p_gold": torch.where(has_gold, logp.gather(-1, g[:, None]).squeeze(-1).exp(), nan),
-            "q_gold": torch.where(has_gold, logq.gather(-1, g[:, None]).squeeze(-1).exp(), nan),
+        figs = {k: fig[k] for k in ("kl", "kl_reverse", "js", "entropy_base", "entropy_tuned", "top1_agree",
+                                    "base_top1", "tuned_top1", "base_top1_rank")}
+        figs.update({
+            "p_gold": torch.where(has_gold, fig["p"].gather(-1, g).squeeze(-1), nan),
+            "q_gold": torch.where(has_gold, fig["q"].gather(-1, g).squeeze(-1), nan),
             "kl_between": between,
-            "kl_within": within,
-        }
-        return {k: v.double().numpy() for k, v in figs.items()}
+            "kl_within": (fig["kl"] - between).clamp_min(0.0),
+        })
+        out = {k: v.double().numpy() for k, v in figs.items()}
+        return out, fig["p_groups"][:, :C].numpy(), fig["q_groups"][:, :C].numpy(), fig["p"], fig["q"]
 
     # -- reporting -----------------------------------------------------------
 

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from driftscope.architectures import Architecture, ArchitectureError, discover
-from driftscope.capture import NEXT, Batch, CaptureState
+from driftscope.capture import NEXT, Batch, CaptureState, block_rows
 from driftscope.metrics import activations as A
 from driftscope.metrics import divergence as D
 from driftscope.tokenclasses import ClassTable
@@ -94,7 +94,7 @@ class LayerAccumulator:
 
     def __init__(self, label: str, base_model, tuned_model, classes: ClassTable, vocab: int, *,
                  cka_exact_max: int = 1024, cka_dims: int = 512, seed: int = 0,
-                 lens_budget: int = 1 << 24, head_cache: dict | None = None, lens_layers: int = 12):
+                 lens_rows: int | None = None, head_cache: dict | None = None, lens_layers: int = 12):
         self.label = label
         self.vocab = vocab
         self.classes = classes
@@ -107,7 +107,7 @@ class LayerAccumulator:
         self.lens_idx = sorted({round(x) for x in np.linspace(0, self.L - 1, min(lens_layers, self.L))})
         self.comp = {"base": component_modules(self.base), "tuned": component_modules(self.tuned)}
         self.membership = classes.membership[:vocab].double()  # (V, C)
-        self.lens_budget = lens_budget  # float64 elements of (rows, vocab) lens log-probs per side at once
+        self.lens_rows = lens_rows or block_rows(vocab)  # rows of (rows, vocab) lens log-probs per side at once
         # The lens costs a head projection per layer: at most `lens_layers` evenly
         # spaced layers (first and last included), enough to see the depth at
         # which a bias appears; the residual figures cover every layer.
@@ -201,28 +201,34 @@ class LayerAccumulator:
             self._lens(hb, ht, nxt)
 
     def _lens(self, hb: dict, ht: dict, nxt: torch.Tensor) -> None:
-        """Logit lens of both models on the lens layers at next positions, a few layers at once."""
-        per = max(1, self.lens_budget // max(1, len(nxt) * self.vocab))  # layers per chunk
+        """Logit lens of both models on the lens layers at next positions.
+
+        The (layers x next positions) rows go through in blocks of one fixed
+        shape (capture.block_rows; the last block repeats its final row, with
+        weight 0), as the output distributions do, so memory stays flat."""
+        k = len(nxt)
         first_dev = hb["layer.0"].device
         member = self.membership.to(self.device)
-        for start in range(0, len(self.lens_idx), per):
-            idx = self.lens_idx[start:start + per]
-            sides = []
-            for states, arch in ((hb, self.base), (ht, self.tuned)):
-                at = next(arch.final_norm.parameters(), None)  # a model split over devices: go to the norm's
-                to = at.device if at is not None else first_dev
-                # (layers * n, d), layer-major
-                h = torch.cat([states[f"layer.{i}"][nxt.to(states[f"layer.{i}"].device)].to(to) for i in idx])
-                sides.append(A.lens_logprobs(h, arch.final_norm, arch.lm_head, arch.softcap, self.vocab).to(self.device))
-            logp, logq = sides
-            k = len(nxt)
-            kl = D.kl(logp, logq).view(len(idx), k).sum(1)
-            mp = D.class_masses(logp, member).view(len(idx), k, -1).sum(1)
-            mq = D.class_masses(logq, member).view(len(idx), k, -1).sum(1)
-            rows = torch.tensor(idx, device=self.lens["kl"].device)
-            self.lens["kl"].index_add_(0, rows, kl.to(self.lens["kl"]))
-            self.lens["base"].index_add_(0, rows, mp.to(self.lens["base"]))
-            self.lens["tuned"].index_add_(0, rows, mq.to(self.lens["tuned"]))
+        sides = []
+        for states, arch in ((hb, self.base), (ht, self.tuned)):
+            at = next(arch.final_norm.parameters(), None)  # a model split over devices: go to the norm's
+            to = at.device if at is not None else first_dev
+            # (layers * k, d), layer-major: small, the (rows, vocab) work is per block below
+            sides.append(torch.cat([states[f"layer.{i}"][nxt.to(states[f"layer.{i}"].device)].to(to) for i in self.lens_idx]))
+        layer_of = torch.tensor(self.lens_idx, device=self.device).repeat_interleave(k)  # (rows,)
+        total = len(layer_of)
+        for start in range(0, total, self.lens_rows):
+            n = min(self.lens_rows, total - start)
+            index = torch.arange(start, start + self.lens_rows).clamp_max(start + n - 1)
+            weight = (torch.arange(self.lens_rows) < n).to(self.device, torch.float64)[:, None]
+            logp, logq = (A.lens_logprobs(h[index.to(h.device)], arch.final_norm, arch.lm_head, arch.softcap,
+                                          self.vocab).to(self.device)
+                          for h, arch in zip(sides, (self.base, self.tuned)))
+            rows = layer_of[index.to(self.device)]
+            p = logp.exp()
+            self.lens["kl"].index_add_(0, rows, D.kl_finite(logp, logq, p) * weight[:, 0])
+            self.lens["base"].index_add_(0, rows, (p @ member) * weight)
+            self.lens["tuned"].index_add_(0, rows, D.class_masses(logq, member) * weight)
 
     # -- reporting ---------------------------------------------------------
 

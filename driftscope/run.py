@@ -16,10 +16,11 @@ import torch
 from driftscope import __version__
 from driftscope.accuracy import OffsetEstimator
 from driftscope.assess import add_verdicts, answer_items, group_correlations, item_correlations
-from driftscope.capture import capture, encode, make_batches, score
+from driftscope.capture import block_rows, blocks, capture, encode, forward, make_batches, project_block
 from driftscope.diagnose import Thresholds, sentence
 from driftscope.drift import DriftAccumulator
 from driftscope.layers import try_layer_accumulator
+from driftscope.memory import PhasePeaks
 from driftscope.errors import DriftscopeError, ProbeError
 from driftscope.models import Checkpoint, align_vocab, load_base, load_tuned
 from driftscope.probes import Probe, ProbeSuite, load_suite
@@ -106,6 +107,7 @@ def compare(
     probe_list: list[Probe] = [p for suite in suites for p in suite.probes]
 
     clock = {"start": time.perf_counter()}
+    memory = PhasePeaks()
     base_ck = load_base(base, s.device, s.dtype, s.allow_pickle)
     tuned_cks: list[Checkpoint] = []
     alignments = []
@@ -139,27 +141,35 @@ def compare(
 
     device = next(base_ck.model.parameters()).device
     clock["loaded"] = time.perf_counter()
+    memory.mark("loaded")
     total = len(batches) * (1 + len(tuned_cks)) + (1 + 2 * len(tuned_cks)) * has_answers
     done = 0
     with ExitStack() as stack:
         base_state = stack.enter_context(capture(base_ck.model, base_modules))
         states = [stack.enter_context(capture(c.model, la.modules("tuned") if la is not None else None))
                   for c, la in zip(tuned_cks, layer_accs)]
+        size = block_rows(vocab)
         for batch in batches:
             batch.to(device)
-            base_out = score(base_ck.model, base_state, batch, vocab)
+            forward(base_ck.model, base_state, batch)
             done += 1
-            for ck, st, acc, est, la in zip(tuned_cks, states, accs, estimators, layer_accs):
-                tuned_out = score(ck.model, st, batch, vocab)
-                acc.update(batch, base_out, tuned_out)
-                est.update(batch, base_out[0], tuned_out[0])
+            for ck, st, la in zip(tuned_cks, states, layer_accs):
+                forward(ck.model, st, batch)
                 if la is not None:  # base_state.modules was filled once by the base pass
                     la.update(batch, base_state, st)
                 done += 1
+            # (rows, vocab) work in blocks of one shape: memory stays flat whatever the batch holds
+            for block in blocks(batch, size):
+                base_out = project_block(base_ck.model, base_state, block, vocab)
+                for ck, st, acc, est in zip(tuned_cks, states, accs, estimators):
+                    tuned_out = project_block(ck.model, st, block, vocab)
+                    acc.update(block, base_out, tuned_out)
+                    est.update(block, base_out[0], tuned_out[0])
             if progress:
                 progress(done, total)
 
     clock["drift"] = time.perf_counter()
+    memory.mark("drift")
     answers = []
     if has_answers:
         def tick():
@@ -172,6 +182,7 @@ def compare(
                                s.batch_size, vocab, tick)
 
     clock["accuracy"] = time.perf_counter()
+    memory.mark("accuracy")
     probe_ids = [p.id for p in probe_list]
     truncated = {p.suite: 0 for p in probe_list}
     for e in encoded:
@@ -231,10 +242,12 @@ def compare(
         "notes": layer_notes,
     }
     clock["tables"] = time.perf_counter()
+    memory.mark("tables")
     phases = ("start", "loaded", "drift", "accuracy", "tables")
     timings = {f"{b}_s": round(clock[b] - clock[a], 3) for a, b in zip(phases, phases[1:])}
     timings["batches"] = len(batches)
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2), "timings": timings,
+            "peak_rss_mb": memory.peaks,
             "python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
     result = DriftResult(summary, frames, meta)
     del tuned_cks, base_ck

@@ -47,19 +47,29 @@ Rows = Callable[[int, int], torch.Tensor]  # (start, stop) -> float64 block of t
 
 
 class _Checkpoint:
-    """Tensor name -> shard, opened lazily; reads slices, never whole files."""
+    """Tensor name -> shard; reads slices, never whole files.
+
+    A shard is opened for one tensor at a time: safetensors maps the file, and
+    every page read stays in this process's resident memory while the file is
+    open, so keeping shards open would make the whole checkpoint resident (as
+    file pages, on top of the models already loaded). Closing it when the next
+    tensor is read keeps one tensor's pages at most.
+    """
 
     def __init__(self, folder: Path, stack: ExitStack):
         self.folder = folder
         self.files = _shard_map(folder)
-        self._stack = stack
-        self._open: dict[str, object] = {}
+        self._tensor: str | None = None
+        self._handle_of_tensor = None
+        self._open = ExitStack()
+        stack.callback(self._open.close)
 
     def _handle(self, name: str):
-        file = self.files[name]
-        if file not in self._open:
-            self._open[file] = self._stack.enter_context(safe_open(str(self.folder / file), framework="pt"))
-        return self._open[file]
+        if name != self._tensor:
+            self._open.close()
+            self._handle_of_tensor = self._open.enter_context(safe_open(str(self.folder / self.files[name]), framework="pt"))
+            self._tensor = name
+        return self._handle_of_tensor
 
     def names(self) -> list[str]:
         return list(self.files)

@@ -53,6 +53,32 @@ def test_batched_equals_one_at_a_time(family, tmp_path):
     assert fa["top1_agreement"] == fb["top1_agreement"]
 
 
+def test_blocks_of_eight_rows_equal_one_block_per_batch(family, tmp_path, monkeypatch):
+    """Metrics run on fixed-shape blocks of scored positions (padded at the end of
+    each batch); splitting a batch into many 8-row blocks changes no figure."""
+    whole = run(family, ["tuned"], tmp_path, name="whole", batch_size=7)
+    from driftscope import capture as C
+
+    monkeypatch.setattr(C, "BLOCK_ELEMENTS", 1)  # block_rows() -> its minimum, 8
+    assert C.block_rows(1000) == 8
+    small = run(family, ["tuned"], tmp_path, name="small", batch_size=7)
+    a, b = whole.tables["positions"], small.tables["positions"]
+    assert a.height > 8 * 3 and a.select("probe_id", "offset", "gold").equals(b.select("probe_id", "offset", "gold"))
+    for col in a.columns:
+        if a[col].dtype.is_float():
+            np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-9, atol=1e-12, err_msg=col)
+    la, lb = whole.tables["layers"], small.tables["layers"]
+    for col in [c for c in la.columns if c.startswith("lens_")]:
+        np.testing.assert_allclose(la[col].to_numpy(), lb[col].to_numpy(), rtol=1e-9, atol=1e-12, err_msg=col)
+    fa, fb = whole.figures(), small.figures()
+    assert fa["kl"]["mean"] == pytest.approx(fb["kl"]["mean"], rel=1e-9)
+    assert fa["classes"]["numeric"] == pytest.approx(fb["classes"]["numeric"], rel=1e-9)
+    ta, tb = (r.tables["tokens"].sort("direction", "token_id") for r in (whole, small))
+    assert ta["token_id"].equals(tb["token_id"])
+    np.testing.assert_allclose(ta["delta"].to_numpy(), tb["delta"].to_numpy(), rtol=1e-9, atol=1e-15)
+    assert whole.tables["items"].equals(small.tables["items"])  # accuracy, incl. the offset-corrected answers
+
+
 def test_same_inputs_give_byte_identical_summary(family, tmp_path):
     a = run(family, ["tuned", "lora"], tmp_path, name="a")
     b = run(family, ["tuned", "lora"], tmp_path, name="b")

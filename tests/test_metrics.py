@@ -78,3 +78,23 @@ def test_kl_split_is_the_chain_rule():
     shift = torch.log_softmax(p + torch.tensor([2.0, 0, 0, 0, 0], dtype=torch.float64)[cls], -1)
     b2, w2 = D.kl_split(p, shift, part)
     assert torch.all(w2 < 1e-12) and torch.all(b2 > 0)
+
+
+def test_position_figures_equal_the_single_functions():
+    """The fused pass the pipeline runs gives what each function (checked above
+    against scipy and torch.distributions) gives on its own, also for identical
+    rows and for probabilities that underflow to 0."""
+    p, q = random_logprobs(seed=9, v=300, peaked=300.0), random_logprobs(seed=10, v=300, peaked=300.0)
+    assert (p.exp() == 0).any()  # some probabilities underflow: the 0 * log 0 = 0 case
+    p[0], q[1] = q[0], p[1]
+    cls = torch.arange(300) % 4
+    groups = torch.nn.functional.one_hot(cls, 4).to(torch.float64)
+    f = D.position_figures(p, q, groups)
+    for key, ref in [("kl", D.kl(p, q)), ("kl_reverse", D.kl(q, p)), ("js", D.js(p, q)),
+                     ("entropy_base", D.entropy(p)), ("entropy_tuned", D.entropy(q)),
+                     ("top1_agree", D.top1_agree(p, q)), ("base_top1_rank", D.rank_under(q, p.argmax(-1))),
+                     ("p_groups", D.class_masses(p, groups)), ("q_groups", D.class_masses(q, groups))]:
+        torch.testing.assert_close(f[key], ref, rtol=1e-9, atol=1e-12, msg=key)
+    assert f["kl"][0] == 0 and f["kl_reverse"][1] == 0 and f["js"][0] == 0
+    between, within = D.kl_split(p, q, groups)
+    torch.testing.assert_close(D.between_class(f["p_groups"], f["q_groups"]), between)

@@ -1,0 +1,53 @@
+"""Peak resident memory per phase of a run (Linux; elsewhere the whole process's peak).
+
+Linux keeps a process's peak resident set size (VmHWM) and lets the process
+reset it (`echo 5 > /proc/self/clear_refs`), so a run can say how much memory
+each phase needed rather than only the largest of them.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+_STATUS = Path("/proc/self/status")
+_CLEAR = Path("/proc/self/clear_refs")
+
+
+def peak_rss_mb() -> float:
+    """The peak resident set size since the last reset (or since the start), in MiB."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale / 1024
+
+
+def reset_peak() -> bool:
+    """Start a new peak from the current resident size; False where the OS cannot."""
+    try:
+        _CLEAR.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class PhasePeaks:
+    """`mark(phase)` at the end of each phase records that phase's peak and starts the next.
+    `peaks` maps each phase to its peak MiB and "run" to the largest of them. Where the
+    OS cannot reset the peak, each phase reads the process's peak so far."""
+
+    def __init__(self):
+        self.resettable = reset_peak()
+        self.peaks: dict[str, float | None] = {}
+
+    def mark(self, phase: str) -> None:
+        peak = peak_rss_mb()
+        self.peaks[phase] = round(peak, 1)
+        self.peaks["run"] = max(self.peaks.get("run") or 0.0, round(peak, 1))
+        if self.resettable:
+            reset_peak()
