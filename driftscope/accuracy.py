@@ -23,6 +23,7 @@ import torch
 
 from driftscope.capture import (NEXT, Batch, Block, Encoded, block_rows, blocks, capture, encode, forward,
                                 make_batches, project_block)
+from driftscope.memory import release_free_memory
 
 FOLDS = 5  # cross-fitting folds: each offset is estimated on 80% of the items
 
@@ -126,6 +127,7 @@ def generate_all(model, tok, encoded: list[Encoded], batch_size: int, offsets_of
         outs = greedy(model, [list(e.ids[: e.n_prompt]) for e in chunk], max_new, pad, tok.eos_token_id, offs, vocab)
         for e, ids in zip(chunk, outs):
             texts[e.index] = tok.decode(ids, skip_special_tokens=True)
+        release_free_memory()  # the KV cache of this batch (see driftscope.memory)
     return texts
 
 
@@ -168,6 +170,7 @@ def choice_logliks(model, batches: list[Batch], n_seqs: int, vocab: int, offsets
                     padded = block.probe[block.index - block.index[0]]  # the block's rows, padded as logp is
                     corr = torch.log_softmax(logp - offsets_of(probe_of_seq[padded]).double(), -1)
                     np.add.at(ll_corr, seq, corr.gather(-1, gold).squeeze(-1)[:n].numpy())
+            release_free_memory()
     return ll, count, ll_corr
 
 

@@ -39,7 +39,8 @@ def reset_peak() -> bool:
 class PhasePeaks:
     """`mark(phase)` at the end of each phase records that phase's peak and starts the next.
     `peaks` maps each phase to its peak MiB and "run" to the largest of them. Where the
-    OS cannot reset the peak, each phase reads the process's peak so far."""
+    OS cannot reset the peak, each phase reads the process's peak so far. The reset is
+    process-wide: a caller timing its own peak around compare() should read it per phase."""
 
     def __init__(self):
         self.resettable = reset_peak()
@@ -51,3 +52,27 @@ class PhasePeaks:
         self.peaks["run"] = max(self.peaks.get("run") or 0.0, round(peak, 1))
         if self.resettable:
             reset_peak()
+
+
+_libc = None
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim); a no-op elsewhere.
+
+    glibc returns freed memory at the top of its heap only: one small block that
+    outlives a batch (a row of the positions table, say) pins every freed page
+    below it, so without this the resident size of a long pass creeps up batch
+    after batch although nothing but the tables is kept.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)

@@ -20,7 +20,7 @@ from driftscope.capture import block_rows, blocks, capture, encode, forward, mak
 from driftscope.diagnose import Thresholds, sentence
 from driftscope.drift import DriftAccumulator
 from driftscope.layers import try_layer_accumulator
-from driftscope.memory import PhasePeaks
+from driftscope.memory import PhasePeaks, release_free_memory
 from driftscope.errors import DriftscopeError, ProbeError
 from driftscope.models import Checkpoint, align_vocab, load_base, load_tuned
 from driftscope.probes import Probe, ProbeSuite, load_suite
@@ -141,6 +141,7 @@ def compare(
 
     device = next(base_ck.model.parameters()).device
     clock["loaded"] = time.perf_counter()
+    release_free_memory()
     memory.mark("loaded")
     total = len(batches) * (1 + len(tuned_cks)) + (1 + 2 * len(tuned_cks)) * has_answers
     done = 0
@@ -155,6 +156,7 @@ def compare(
             done += 1
             for ck, st, la in zip(tuned_cks, states, layer_accs):
                 forward(ck.model, st, batch)
+                release_free_memory()  # the forward pass's temporaries
                 if la is not None:  # base_state.modules was filled once by the base pass
                     la.update(batch, base_state, st)
                 done += 1
@@ -165,6 +167,7 @@ def compare(
                     tuned_out = project_block(ck.model, st, block, vocab)
                     acc.update(block, base_out, tuned_out)
                     est.update(block, base_out[0], tuned_out[0])
+            release_free_memory()  # what the batch freed (see driftscope.memory)
             if progress:
                 progress(done, total)
 

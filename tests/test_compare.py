@@ -87,6 +87,9 @@ def test_same_inputs_give_byte_identical_summary(family, tmp_path):
     assert back.summary == json.loads((a.path / "summary.json").read_text())
     assert set(back.tables) >= {"positions", "items", "suites", "classes", "tokens"}
     assert back.tables["positions"].equals(a.tables["positions"])
+    peaks = back.meta["peak_rss_mb"]  # meta.json: per-phase peak resident memory
+    assert set(peaks) == {"loaded", "drift", "accuracy", "tables", "run"}
+    assert all(v > 0 for v in peaks.values()) and peaks["run"] == max(peaks.values())
 
 
 def test_lora_adapter_equals_its_merged_model(family, tmp_path):

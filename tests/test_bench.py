@@ -1,0 +1,55 @@
+"""The benchmark command and the per-phase peak memory it reports."""
+
+import json
+import platform
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from driftscope.cli import app
+from driftscope.memory import PhasePeaks, release_free_memory
+
+
+def _rss_anon_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    raise OSError("no RssAnon")
+
+
+def test_phase_peaks_measure_each_phase_on_its_own():
+    m = PhasePeaks()
+    if not m.resettable:
+        pytest.skip("this OS cannot reset a process's peak memory")
+    big = np.ones(256 * 2**20 // 8)  # 256 MiB, every page written
+    del big
+    m.mark("big")
+    m.mark("small")
+    assert m.peaks["big"] - m.peaks["small"] > 200
+    assert m.peaks["run"] == m.peaks["big"]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_freed_memory_pinned_below_a_live_block_goes_back_to_the_os():
+    blocks = [np.ones(100 * 1024 // 8) for _ in range(3000)]  # 300 MB of heap blocks (under the mmap threshold)
+    pinned = blocks[::16]  # every 16th outlives the rest, as table rows outlive a batch
+    del blocks
+    before = _rss_anon_mb()
+    release_free_memory()
+    assert before - _rss_anon_mb() > 150
+    assert len(pinned) == 188
+
+
+def test_bench_times_both_passes_and_reports_memory(family, tmp_path):
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, ["bench", str(family["base"]), str(family["tuned"]), "--sizes", "4,8",
+                                   "--batch-size", "4", "--no-accuracy", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())
+    assert [r["probes"] for r in rows] == [4, 8] and [r["batches"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["bare_s"] > 0 and r["drift_s"] > 0 and r["ratio"] == pytest.approx(r["drift_s"] / r["bare_s"])
+        assert 0 < r["drift_pass_peak_mb"] <= r["compare_peak_mb"] and 0 < r["bare_pass_peak_mb"] <= r["bare_peak_mb"]
+        assert r["tables_mb"] > 0 and r["accuracy_s"] == 0
+    assert "from 4 to 8 probes" in res.output
