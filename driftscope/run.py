@@ -152,11 +152,14 @@ def compare(
         size = block_rows(vocab)
         for batch in batches:
             batch.to(device)
+            # Each forward pass's temporaries go back to the OS before the next step
+            # allocates its own: the peak is then one step's, not two steps' stacked.
             forward(base_ck.model, base_state, batch)
+            release_free_memory()
             done += 1
             for ck, st, la in zip(tuned_cks, states, layer_accs):
                 forward(ck.model, st, batch)
-                release_free_memory()  # the forward pass's temporaries
+                release_free_memory()
                 if la is not None:  # base_state.modules was filled once by the base pass
                     la.update(batch, base_state, st)
                 done += 1
