@@ -40,7 +40,7 @@ class OffsetEstimator:
     def update(self, block: Block, logp: torch.Tensor, logq: torch.Tensor) -> None:
         """One block of (block.size, V) log-probs; its next positions among the first block.n rows count."""
         d = (logq - logp).double().cpu()  # (size, V): one shape for every block
-        ok = torch.isfinite(d).all(-1)
+        ok = torch.isfinite(d.sum(-1))  # a row sum is finite iff every entry is
         if not ok.all():
             d = torch.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0)
         use = torch.zeros(block.size, dtype=torch.bool)
@@ -163,12 +163,11 @@ def choice_logliks(model, batches: list[Batch], n_seqs: int, vocab: int, offsets
             for block in blocks(batch, size):
                 logp = project_block(model, state, block, vocab)[0].double().cpu()  # (size, V)
                 n, seq = block.n, block.probe.numpy()
-                gold = torch.cat([block.gold, block.gold[-1:].expand(block.size - n)])[:, None]
+                gold = block.pad(block.gold)[:, None]
                 np.add.at(ll, seq, logp.gather(-1, gold).squeeze(-1)[:n].numpy())
                 np.add.at(count, seq, 1)
                 if offsets_of is not None:
-                    padded = block.probe[block.index - block.index[0]]  # the block's rows, padded as logp is
-                    corr = torch.log_softmax(logp - offsets_of(probe_of_seq[padded]).double(), -1)
+                    corr = torch.log_softmax(logp - offsets_of(probe_of_seq[block.pad(block.probe)]).double(), -1)
                     np.add.at(ll_corr, seq, corr.gather(-1, gold).squeeze(-1)[:n].numpy())
             release_free_memory()
     return ll, count, ll_corr

@@ -119,6 +119,11 @@ def block_rows(vocab: int, elements: int | None = None) -> int:
     return max(8, min(512, (elements or BLOCK_ELEMENTS) // max(vocab, 1) // 8 * 8))
 
 
+def padded_index(start: int, n: int, size: int) -> torch.Tensor:
+    """(size,) indices start .. start+n-1, the last repeated up to `size`: a block's rows."""
+    return torch.arange(start, start + size).clamp_max(start + n - 1)
+
+
 @dataclass
 class Block:
     """Scored positions of one batch, `size` rows at a time.
@@ -126,9 +131,8 @@ class Block:
     Every block of a run has the same number of rows: the last one of a batch
     repeats its final real position up to `size`. So every (rows, vocab) tensor
     the metrics allocate has one shape for the whole run, whatever the batches'
-    makeup, and the allocator reuses the same memory for each block instead of
-    fragmenting its heap with tensors of a different size per batch (which made
-    the peak grow with the number of probes). Only the first `n` rows count.
+    makeup, and the work per block is bounded by BLOCK_ELEMENTS. Only the first
+    `n` rows count.
 
     index: (size,) rows of the batch's scored positions (into CaptureState.final).
     gold, kind, probe, offset: (n,) as in Batch, for the real rows.
@@ -145,15 +149,19 @@ class Block:
     def size(self) -> int:
         return len(self.index)
 
+    def pad(self, values: torch.Tensor) -> torch.Tensor:
+        """(n,) values of the real rows -> (size,), padded as the block's rows are."""
+        return values[self.index - self.index[0]]
+
 
 def blocks(batch: Batch, size: int):
     """Yield the batch's scored positions as Blocks of exactly `size` rows."""
     total = len(batch.gold)
     for start in range(0, total, size):
         n = min(size, total - start)
-        index = torch.arange(start, start + size).clamp_max(start + n - 1)
         real = slice(start, start + n)
-        yield Block(index, n, batch.gold[real], batch.kind[real], batch.probe[real], batch.offset[real])
+        yield Block(padded_index(start, n, size), n, batch.gold[real], batch.kind[real], batch.probe[real],
+                    batch.offset[real])
 
 
 @dataclass

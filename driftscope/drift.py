@@ -88,7 +88,7 @@ class DriftAccumulator:
         kept = keep[: block.n]
         if not keep.any():
             return
-        f, p_mass, q_mass, p, q = self._position_figures(logp, logq, block.gold, block.size)
+        f, p_mass, q_mass, p, q = self._position_figures(logp, logq, block.pad(block.gold))
         f = {k: v[keep] for k, v in f.items()}
         p_mass, q_mass = p_mass[keep], q_mass[keep]
         weight = torch.from_numpy(keep).double()
@@ -110,9 +110,8 @@ class DriftAccumulator:
             row[f"q_{name}"] = q_mass[:, j]
         self.rows.append(row)
 
-    def _position_figures(self, logp, logq, gold, size: int):
+    def _position_figures(self, logp, logq, gold):
         """Per-row figures (numpy), class masses of base and tuned (N, C), and p, q (N, V)."""
-        gold = torch.cat([gold, gold.new_full((size - len(gold),), -1)])  # padded rows: no gold
         has_gold = gold >= 0
         g = gold.clamp_min(0)[:, None]
         fig = D.position_figures(logp, logq, self.groups)

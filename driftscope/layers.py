@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from driftscope.architectures import Architecture, ArchitectureError, discover
-from driftscope.capture import NEXT, Batch, CaptureState, block_rows
+from driftscope.capture import NEXT, Batch, CaptureState, block_rows, padded_index
 from driftscope.metrics import activations as A
 from driftscope.metrics import divergence as D
 from driftscope.tokenclasses import ClassTable
@@ -219,7 +219,7 @@ class LayerAccumulator:
         total = len(layer_of)
         for start in range(0, total, self.lens_rows):
             n = min(self.lens_rows, total - start)
-            index = torch.arange(start, start + self.lens_rows).clamp_max(start + n - 1)
+            index = padded_index(start, n, self.lens_rows)
             weight = (torch.arange(self.lens_rows) < n).to(self.device, torch.float64)[:, None]
             logp, logq = (A.lens_logprobs(h[index.to(h.device)], arch.final_norm, arch.lm_head, arch.softcap,
                                           self.vocab).to(self.device)

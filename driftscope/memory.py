@@ -1,4 +1,5 @@
-"""Peak resident memory per phase of a run (Linux; elsewhere the whole process's peak).
+"""Memory of a run: peak resident memory per phase (Linux; elsewhere the whole
+process's peak), and handing freed heap memory back to the OS (glibc).
 
 Linux keeps a process's peak resident set size (VmHWM) and lets the process
 reset it (`echo 5 > /proc/self/clear_refs`), so a run can say how much memory
