@@ -17,12 +17,18 @@ each phase's peak being measured on its own (driftscope.memory; Linux).
 `drift_retained_mb` is what the drift pass keeps: resident size after its last
 batch less that after its first, once each batch's freed memory is handed back.
 A peak is that plus one batch's temporaries, whose size the allocator makes
-vary by tens of MB from run to run; `repeat` measures that spread.
+vary by tens of MB from run to run; `repeat` measures that spread, and the bare
+passes show the same spread, so it is the allocator's, not driftscope's. With
+`mmap_threshold_kb` (glibc's MALLOC_MMAP_THRESHOLD_, set for both workers)
+every block of at least that size is mapped on its own and unmapped when freed:
+resident size then follows live memory and the peak stops varying, at the cost
+of a page fault per fresh page (slower; for measuring memory, not speed).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -208,16 +214,16 @@ def compare_run(base: str, tuned: str, probes: str, batch_size: int, device: str
             "retained_mb": kept, "tables_mb": tables_mb, "verdict": r.figures()["verdict"]}
 
 
-def _in_subprocess(mode: str, **kw) -> dict:
+def _in_subprocess(mode: str, env: dict | None = None, **kw) -> dict:
     cmd = [sys.executable, "-m", "driftscope.bench", mode, json.dumps(kw)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise RuntimeError(f"benchmark worker failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtype="auto", work: Path | None = None,
-              log=print, accuracy: bool = True, repeat: int = 1):
+              log=print, accuracy: bool = True, repeat: int = 1, mmap_threshold_kb: int | None = None):
     """One row per size. With repeat > 1 every size runs that many times (each pass
     in a fresh process, sizes interleaved) and a row holds the medians, plus the
     range of the drift pass's peak: the allocator makes a peak vary from run to run,
@@ -226,19 +232,21 @@ def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtyp
 
     work = Path(work or tempfile.mkdtemp(prefix="driftscope-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    env = {"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold_kb * 1024)} if mmap_threshold_kb else None
     runs: dict[int, list[dict]] = {n: [] for n in sizes}
     for _ in range(repeat):
         for n in sizes:
             probes = str(probe_file(n, work))
             kw = dict(base=str(base), tuned=str(tuned), probes=probes, batch_size=batch_size, device=device, dtype=dtype)
-            b = _in_subprocess("bare", **kw)
-            c = _in_subprocess("compare", **kw, accuracy=accuracy)
+            b = _in_subprocess("bare", env, **kw)
+            c = _in_subprocess("compare", env, **kw, accuracy=accuracy)
             one = {"probes": n, "batches": b["batches"], "bare_s": b["seconds"], "drift_s": c["seconds"],
                    "ratio": c["seconds"] / b["seconds"], "accuracy_s": c["accuracy_s"],
                    "bare_peak_mb": b["peak_rss_mb"], "compare_peak_mb": c["peak_rss_mb"],
                    "bare_pass_peak_mb": b["pass_peak_rss_mb"], "drift_pass_peak_mb": c["pass_peak_rss_mb"],
                    "drift_retained_mb": c["retained_mb"], "compare_phase_peaks_mb": c["phase_peaks_mb"],
-                   "tables_mb": c["tables_mb"]}
+                   "tables_mb": c["tables_mb"],
+                   "mmap_threshold_kb": int(c["malloc_mmap_threshold"]) // 1024 if c["malloc_mmap_threshold"] else None}
             runs[n].append(one)
             log(one)
     return [summarise(runs[n]) for n in sizes]
@@ -248,7 +256,8 @@ def summarise(runs: list[dict]) -> dict:
     """Medians of the measured figures over repeated runs of one size; every run kept under "runs"."""
     import statistics
 
-    row = {"probes": runs[0]["probes"], "batches": runs[0]["batches"], "repeat": len(runs)}
+    row = {"probes": runs[0]["probes"], "batches": runs[0]["batches"], "repeat": len(runs),
+           "mmap_threshold_kb": runs[0].get("mmap_threshold_kb")}
     for key in ("bare_s", "drift_s", "ratio", "accuracy_s", "bare_peak_mb", "compare_peak_mb", "bare_pass_peak_mb",
                 "drift_pass_peak_mb", "drift_retained_mb", "tables_mb"):
         values = [r[key] for r in runs if r[key] is not None]
@@ -262,4 +271,5 @@ def summarise(runs: list[dict]) -> dict:
 if __name__ == "__main__":
     mode, kwargs = sys.argv[1], json.loads(sys.argv[2])
     result = {"bare": bare, "compare": compare_run}[mode](**kwargs)
+    result["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")  # as the worker saw it
     print(json.dumps(result))

@@ -276,6 +276,9 @@ def bench(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON here.")] = None,
     accuracy: Annotated[bool, typer.Option(help="Also run compare's accuracy pass (greedy decoding, choices).")] = True,
     repeat: Annotated[int, typer.Option(help="Runs per size; figures are medians, with the drift pass's peak range.")] = 1,
+    mmap_threshold_kb: Annotated[Optional[int], typer.Option(
+        help="Run both workers with glibc's MALLOC_MMAP_THRESHOLD_ at this many KiB (128 is a good value): "
+             "peaks follow live memory instead of heap fragmentation; slower, so for memory figures only.")] = None,
 ):
     """Time compare's scoring pass against bare forward passes; report peak memory."""
     import json
@@ -290,16 +293,19 @@ def bench(
         raise DriftscopeError(f"--sizes {sizes}: expected numbers like 100,1000")
     if not ns or min(ns) < 1 or repeat < 1:
         raise DriftscopeError(f"--sizes {sizes} --repeat {repeat}: need probe counts and a repeat of at least 1")
+    if mmap_threshold_kb is not None and not 0 < mmap_threshold_kb <= 32 * 1024:
+        raise DriftscopeError(f"--mmap-threshold-kb {mmap_threshold_kb}: glibc takes 1 to 32768 KiB")
     for path in (base, tuned):
         checkpoint_kind(path)
     rows = run_bench(base, tuned, ns, batch_size, device, dtype, log=lambda r: err.print(f"measured: {r}"),
-                     accuracy=accuracy, repeat=repeat)
+                     accuracy=accuracy, repeat=repeat, mmap_threshold_kb=mmap_threshold_kb)
     out.print(bench_table(rows))
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         kept = last["drift_retained_mb"]
         out.print(f"from {first['probes']} to {last['probes']} probes: the drift pass's peak changed "
-                  f"{last['drift_pass_peak_mb'] - first['drift_pass_peak_mb']:+.0f} MB, compare's "
+                  f"{last['drift_pass_peak_mb'] - first['drift_pass_peak_mb']:+.0f} MB (the bare passes' "
+                  f"{last['bare_pass_peak_mb'] - first['bare_pass_peak_mb']:+.0f} MB), compare's "
                   f"{last['compare_peak_mb'] - first['compare_peak_mb']:+.0f} MB; the tables grew "
                   f"{last['tables_mb'] - first['tables_mb']:.1f} MB"
                   + (f"; over {last['batches']} batches the drift pass kept {kept:+.0f} MB resident" if kept is not None else ""),
@@ -326,6 +332,8 @@ def bench_table(rows: list[dict]) -> Table:
     """One column per size, so the table fits a narrow terminal."""
     repeat = rows[0]["repeat"]
     title = "compare vs bare forward passes (both models, same batches); memory: resident MB"
+    if rows[0].get("mmap_threshold_kb"):
+        title += f"; MALLOC_MMAP_THRESHOLD_ {rows[0]['mmap_threshold_kb']} KiB"
     table = Table(title=title + (f"; medians of {repeat} runs" if repeat > 1 else ""), title_justify="left")
     table.add_column("")
     for r in rows:

@@ -72,3 +72,15 @@ def test_bench_rejects_bad_sizes(family):
     for sizes in ("ten", "0"):
         res = CliRunner().invoke(app, ["bench", str(family["base"]), str(family["tuned"]), "--sizes", sizes])
         assert res.exit_code == 2 and "--sizes" in res.output
+    res = CliRunner().invoke(app, ["bench", str(family["base"]), str(family["tuned"]), "--mmap-threshold-kb", "0"])
+    assert res.exit_code == 2 and "--mmap-threshold-kb 0" in res.output
+
+
+def test_bench_mmap_threshold_reaches_both_workers(family, tmp_path):
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, ["bench", str(family["base"]), str(family["tuned"]), "--sizes", "4", "--batch-size", "4",
+                                   "--no-accuracy", "--mmap-threshold-kb", "128", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(out.read_text())
+    assert row["mmap_threshold_kb"] == 128 and row["runs"][0]["mmap_threshold_kb"] == 128  # what the worker saw
+    assert "MALLOC_MMAP_THRESHOLD_" in res.output  # in the table title
