@@ -20,12 +20,17 @@ import re
 
 import numpy as np
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from driftscope.capture import (NEXT, Batch, Block, Encoded, block_rows, blocks, capture, encode, forward,
                                 make_batches, project_block)
 from driftscope.memory import release_free_memory
 
 FOLDS = 5  # cross-fitting folds: each offset is estimated on 80% of the items
+
+# transformers 5.x renamed the KV cache argument and output field to `cache`
+# (`past_key_values` still works there, with a deprecation warning each call).
+CACHE = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 class OffsetEstimator:
@@ -111,7 +116,7 @@ def greedy(model, prompts: list[list[int]], max_new: int, pad_id: int, eos_id: i
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         last = last + 1
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
-                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+                    **{CACHE: getattr(out, CACHE)}, use_cache=True, logits_to_keep=1)
     return new
 
 
