@@ -243,10 +243,13 @@ def probes_list():
     """Built-in probe suites with their item counts."""
     import driftscope
 
-    table = Table()
-    for col in ("suite", "version", "items", "with answer", "multiple choice"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("description", overflow="ellipsis", no_wrap=True)
+    from rich import box
+
+    table = Table(caption="answers: items with a gold answer; choices: multiple-choice items", caption_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("suite", "version", "items", "answers", "choices"):
+        table.add_column(col, no_wrap=True, justify="left" if col == "suite" else "right")
+    table.add_column("description")  # wraps in what the others leave
     for s in driftscope.list_suites():
         n_mc = sum(p.is_choice for p in s.probes)
         table.add_row(s.name, s.version, str(len(s)), str(s.n_with_answer), str(n_mc), s.description)

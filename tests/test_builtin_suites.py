@@ -407,3 +407,19 @@ def test_options_named_in_a_prompt_are_the_choices():
                 assert sorted(first.split(", ") + [last]) == sorted(p.choices), p.id
                 n += 1
     assert n >= 10
+
+
+def test_probes_list_shows_every_suite_with_its_counts_in_80_columns():
+    from typer.testing import CliRunner
+
+    from driftscope.cli import app
+
+    res = CliRunner().invoke(app, ["probes", "list"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for name in SUITES + ["general"]:
+        suite = load_suite(PROBES / f"{name}.jsonl")
+        row = next(line for line in lines if line.split() and line.split()[0] == name)
+        n_mc = sum(p.is_choice for p in suite.probes)
+        assert row.split()[1:5] == [suite.version, str(len(suite)), str(suite.n_with_answer), str(n_mc)]
