@@ -229,3 +229,21 @@ def test_no_answers_gives_drift_only_with_a_note(manifest, tmp_path):
     f = compare(manifest["base"]["path"], [full], [bare], out=None, layers=False).figures()
     assert f["kl"]["mean"] > 0 and f["verdict"] == "no-answers"
     assert "accuracy and the verdict need answers" in f["verdict_sentence"]
+
+
+def test_demo_command_prints_every_variant_in_80_columns(zoo, tmp_path):
+    from typer.testing import CliRunner
+
+    from driftscope.cli import app
+
+    res = CliRunner().invoke(app, ["demo", "--size", "small", "--cache", str(zoo.parent), "--out", str(tmp_path)],
+                             env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    manifest = load_manifest(zoo)
+    for v in manifest["variants"]:  # a table row, then the recipe under the table
+        assert any(line.split()[:1] == [v["name"]] for line in lines), v["name"]
+        assert any(line.strip().startswith(f"{v['name']}: ") for line in lines), v["name"]
+    assert "controls diagnosed right: 3 of 3" in res.output
+    assert (tmp_path / "zoo-small" / "report.html").is_file()
