@@ -240,13 +240,17 @@ def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtyp
             kw = dict(base=str(base), tuned=str(tuned), probes=probes, batch_size=batch_size, device=device, dtype=dtype)
             b = _in_subprocess("bare", env, **kw)
             c = _in_subprocess("compare", env, **kw, accuracy=accuracy)
+            seen = {w["malloc_mmap_threshold"] for w in (b, c)}  # as each worker saw it
+            if len(seen) != 1:
+                raise RuntimeError(f"benchmark workers ran with different MALLOC_MMAP_THRESHOLD_: {sorted(map(str, seen))}")
+            (threshold,) = seen
             one = {"probes": n, "batches": b["batches"], "bare_s": b["seconds"], "drift_s": c["seconds"],
                    "ratio": c["seconds"] / b["seconds"], "accuracy_s": c["accuracy_s"],
                    "bare_peak_mb": b["peak_rss_mb"], "compare_peak_mb": c["peak_rss_mb"],
                    "bare_pass_peak_mb": b["pass_peak_rss_mb"], "drift_pass_peak_mb": c["pass_peak_rss_mb"],
                    "drift_retained_mb": c["retained_mb"], "compare_phase_peaks_mb": c["phase_peaks_mb"],
                    "tables_mb": c["tables_mb"],
-                   "mmap_threshold_kb": int(c["malloc_mmap_threshold"]) // 1024 if c["malloc_mmap_threshold"] else None}
+                   "mmap_threshold_kb": int(threshold) // 1024 if threshold else None}
             runs[n].append(one)
             log(one)
     return [summarise(runs[n]) for n in sizes]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -242,8 +243,6 @@ def print_headline(result) -> None:
 def probes_list():
     """Built-in probe suites with their item counts."""
     import driftscope
-
-    from rich import box
 
     table = Table(caption="answers: items with a gold answer; choices: multiple-choice items", caption_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)

@@ -82,5 +82,5 @@ def test_bench_mmap_threshold_reaches_both_workers(family, tmp_path):
                                    "--no-accuracy", "--mmap-threshold-kb", "128", "--json", str(out)])
     assert res.exit_code == 0, res.output
     (row,) = json.loads(out.read_text())
-    assert row["mmap_threshold_kb"] == 128 and row["runs"][0]["mmap_threshold_kb"] == 128  # what the worker saw
+    assert row["mmap_threshold_kb"] == 128 and row["runs"][0]["mmap_threshold_kb"] == 128  # what both workers saw (they must agree)
     assert "MALLOC_MMAP_THRESHOLD_" in res.output  # in the table title

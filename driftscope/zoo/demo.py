@@ -65,9 +65,8 @@ def demo_rows(manifest: dict, summary: dict) -> list[dict]:
 
 
 def demo_table(rows: list[dict]):
-    from rich.table import Table
-
     from rich import box
+    from rich.table import Table
 
     # Narrow enough for an 80-column terminal; the recipes are listed under it.
     table = Table(title="the zoo, diagnosed (truth: known by construction; - : the experiment)", title_justify="left",
