@@ -246,4 +246,7 @@ def test_demo_command_prints_every_variant_in_80_columns(zoo, tmp_path):
         assert any(line.split()[:1] == [v["name"]] for line in lines), v["name"]
         assert any(line.strip().startswith(f"{v['name']}: ") for line in lines), v["name"]
     assert "controls diagnosed right: 3 of 3" in res.output
+    for v in manifest["variants"]:  # no cryptic "-": a variant without a truth says it is an experiment
+        row = next(line for line in lines if line.split()[:1] == [v["name"]])
+        assert row.split()[-1] == ("experiment" if v["truth"] is None else "ok"), row
     assert (tmp_path / "zoo-small" / "report.html").is_file()

@@ -17,6 +17,7 @@ def run_demo(
     size: str = "demo",
 ) -> list[dict]:
     """One row per variant: recipe, accuracy change, numeric-mass shift, KL, verdict, truth."""
+    from driftscope.progress import scoring_bar
     from driftscope.run import compare
 
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -26,20 +27,24 @@ def run_demo(
     variants = manifest["variants"]
     probes = [manifest["suites"][name] for name in manifest["heldout_suites"]]
     say(f"zoo: {folder}")
-    result = compare(
-        manifest["base"]["path"],
-        [v["path"] for v in variants],
-        probes,
-        out=out_dir,
-        name=f"zoo-{manifest['name']}",
-        seed=0,
-        overwrite=True,
-    )
+    say(f"scoring {len(variants)} variants against the base")
+    with scoring_bar(console) as progress:
+        result = compare(
+            manifest["base"]["path"],
+            [v["path"] for v in variants],
+            probes,
+            out=out_dir,
+            name=f"zoo-{manifest['name']}",
+            seed=0,
+            overwrite=True,
+            progress=progress,
+        )
     rows = demo_rows(manifest, result.summary)
     if console is not None:
         console.print(demo_table(rows))
+        console.print("  truth: ok or MISS against the truth built in; experiment: no ground truth", highlight=False)
         for r in rows:  # the recipes under the table, so its columns fit an 80-column terminal
-            truth = f" (truth: {r['truth']})" if r["truth"] else ""
+            truth = f" (truth: {r['truth']})" if r["truth"] else " (experiment: no ground truth)"
             console.print(f"  {r['variant']}: {r['recipe']}{truth}", highlight=False)
     return rows
 
@@ -69,14 +74,14 @@ def demo_table(rows: list[dict]):
     from rich.table import Table
 
     # Narrow enough for an 80-column terminal; the recipes are listed under it.
-    table = Table(title="the zoo, diagnosed (truth: known by construction; - : the experiment)", title_justify="left",
+    table = Table(title="the zoo, diagnosed", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col in ("variant", "acc change", "numeric shift", "KL mean", "recovered", "verdict", "truth"):
         numeric = col in ("acc change", "numeric shift", "KL mean", "recovered")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=col in ("variant", "verdict"),
                          min_width=max(map(len, col.split())))
     for r in rows:
-        truth = "-" if r["truth"] is None else ("ok" if r["verdict"] == r["truth"] else "MISS")
+        truth = "experiment" if r["truth"] is None else ("ok" if r["verdict"] == r["truth"] else "MISS")
         table.add_row(
             r["variant"],
             _fmt(r["accuracy_change"], pct=True),

@@ -16,6 +16,7 @@ Controls have a truth by construction:
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -118,7 +119,9 @@ def lora_tune(
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(ALL_LINEAR))
-    model = get_peft_model(copy.deepcopy(base), config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(copy.deepcopy(base), config)
     names = [n for n, _ in model.named_parameters() if "lora_" in n]
     stats = train(model, vocab_ids, sources, weights, cfg, trainable=names)
     stats["trainable_params"] = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
