@@ -156,9 +156,7 @@ def discover(model: nn.Module) -> Architecture:
     Accepts a transformers *ForCausalLM (or Gemma 3's ForConditionalGeneration)
     or a peft PeftModel around one. Raises ArchitectureError otherwise.
     """
-    get_base = getattr(model, "get_base_model", None)
-    if callable(get_base) and type(model).__module__.startswith("peft"):
-        model = get_base()  # a PeftModel: take apart the wrapped transformers model
+    model = _unwrap(model)
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     fam = _BY_MODEL_TYPE.get(model_type or "")
@@ -181,15 +179,13 @@ def discover(model: nn.Module) -> Architecture:
                 raise ArchitectureError(f"{fam.name} block {i} ({type(block).__name__}) has no {attr!r} module")
             out.append(sub)
     _, final_norm = _first_module(model, fam.final_norm)
-    _, lm_head = _first_module(model, fam.lm_head)
+    lm_head = output_head(model) or _first_module(model, fam.lm_head)[1]
     if final_norm is None or lm_head is None:
         missing = "final norm" if final_norm is None else "LM head"
         raise ArchitectureError(
             f"{type(model).__name__} has no {missing}",
             hint="load the checkpoint with AutoModelForCausalLM, not AutoModel",
         )
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    cap = getattr(text_config, "final_logit_softcapping", None)
     return Architecture(
         family=fam.name,
         layers=tuple(blocks),
@@ -198,8 +194,40 @@ def discover(model: nn.Module) -> Architecture:
         mlp=tuple(mlp),
         final_norm=final_norm,
         lm_head=lm_head,
-        softcap=float(cap) if cap else None,
+        softcap=softcap_of(model),
     )
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """A PeftModel's wrapped transformers model; any other model as it is."""
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base) and type(model).__module__.startswith("peft"):
+        return get_base()
+    return model
+
+
+def output_head(model: nn.Module) -> nn.Module | None:
+    """The LM head as transformers names it (get_output_embeddings), the module the
+    output distributions are projected with; None where the model has none."""
+    get = getattr(_unwrap(model), "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, nn.Module) else None
+
+
+def text_config(model: nn.Module):
+    """The config of the language model: a multimodal model's (Gemma 3) text config,
+    where its decoder's settings live, else the config itself (None without one)."""
+    config = getattr(_unwrap(model), "config", None)
+    get_text = getattr(config, "get_text_config", None)
+    return get_text() if callable(get_text) else config
+
+
+def softcap_of(model: nn.Module) -> float | None:
+    """The final logit softcap (logits = cap * tanh(logits / cap)) or None, read from
+    the text config: the one place the output distributions and the logit lens
+    learn it from, for any causal LM, supported family or not."""
+    cap = getattr(text_config(model), "final_logit_softcapping", None)
+    return float(cap) if cap else None
 
 
 def _first_module(model: nn.Module, paths: tuple[str, ...]) -> tuple[str, nn.Module | None]:

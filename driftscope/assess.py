@@ -84,7 +84,8 @@ def add_verdicts(figures: dict, items: pl.DataFrame, th: Thresholds, seed: int) 
         restricted = (mc["base_choice_correct"].to_numpy(), mc["tuned_choice_correct"].to_numpy()) if mc.height else None
         still = df["tuned_choice_correct"].fill_null(False).to_numpy()
         acc = accuracy_figures(df["base_correct"].to_numpy(), df["tuned_correct"].to_numpy(),
-                               df["corrected_correct"].to_numpy(), th, seed, restricted, still)
+                               df["corrected_correct"].to_numpy(), th, seed, restricted, still,
+                               nonfinite=target.get("nonfinite_positions", 0))
         target.update(acc)
         target["verdict_sentence"] = sentence(target)
 

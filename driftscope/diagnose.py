@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy import stats
@@ -37,6 +38,31 @@ class Thresholds:
     loss_recovery: float = 0.2  # knowledge-loss: under a fifth comes back
     bootstrap: int = 1000  # resamples for intervals
 
+    # (low, high, whether the ends are allowed, what it is): checked on construction
+    RANGES: ClassVar[dict[str, tuple[float, float, bool, str]]] = {
+        "alpha": (0, 1, False, "a significance level"),
+        "min_drop": (0, 1, True, "an accuracy drop, as a fraction"),
+        "stable_margin": (0, 1, True, "an accuracy margin, as a fraction"),
+        "bias_recovery": (0, 1, True, "a share of the drop"),
+        "loss_recovery": (0, 1, True, "a share of the drop"),
+        "bootstrap": (100, 100_000, True, "a number of resamples"),  # fewer cannot place a 2.5% tail
+    }
+
+    def __post_init__(self):
+        from driftscope.errors import DriftscopeError
+
+        for key, (lo, hi, closed, what) in self.RANGES.items():
+            value = getattr(self, key)
+            inside = lo <= value <= hi if closed else lo < value < hi  # False for NaN
+            if not inside:
+                span = f"from {lo:g} to {hi:g}" if closed else f"between {lo:g} and {hi:g}, exclusive"
+                raise DriftscopeError(f"--verdict {key}={value:g}: out of range ({what}, {span})",
+                                      f"pass --verdict {key}=VALUE {span}")
+        if self.loss_recovery > self.bias_recovery:
+            raise DriftscopeError(f"--verdict loss_recovery={self.loss_recovery:g} is above bias_recovery={self.bias_recovery:g}",
+                                  "recovery under loss_recovery is knowledge loss, at least bias_recovery output bias: "
+                                  "keep loss_recovery <= bias_recovery")
+
     @classmethod
     def from_pairs(cls, pairs: dict[str, str]) -> Thresholds:
         from driftscope.errors import DriftscopeError
@@ -49,7 +75,8 @@ class Thresholds:
             try:
                 values[key] = type(fields[key])(raw)
             except ValueError:
-                raise DriftscopeError(f"--verdict {key}={raw}: not a number")
+                kind = "a whole number" if isinstance(fields[key], int) else "a number"
+                raise DriftscopeError(f"--verdict {key}={raw}: not {kind}", f"e.g. --verdict {key}={fields[key]}") from None
         return cls(**values)
 
 
@@ -79,7 +106,8 @@ def recovery(acc_base: float, acc_tuned: float, acc_corrected: float) -> float:
     return (acc_corrected - acc_tuned) / drop if drop > 0 else math.nan
 
 
-def accuracy_figures(base, tuned, corrected, th: Thresholds, seed: int = 0, restricted=None, still=None) -> dict:
+def accuracy_figures(base, tuned, corrected, th: Thresholds, seed: int = 0, restricted=None, still=None,
+                     nonfinite: int = 0) -> dict:
     """Figures and verdict for one group of items.
 
     base, tuned, corrected: (n,) bool correctness of the free answers.
@@ -87,12 +115,15 @@ def accuracy_figures(base, tuned, corrected, th: Thresholds, seed: int = 0, rest
     scored among their choices, reported beside free generation. `still`:
     optional (n,) bool, the tuned model's restricted answer is right (False
     for items without choices): a lost item that is `still` right, or right
-    after the correction, is explained by output bias.
+    after the correction, is explained by output bias. `nonfinite`: scored
+    positions of the group whose logits were not finite; they were left out of
+    every figure, and the reason says so.
     """
     base, tuned, corrected = (np.asarray(x, dtype=bool) for x in (base, tuned, corrected))
     n = len(base)
     if n == 0:
-        return {"n_items": 0, "verdict": "no-answers", "verdict_reason": "no items with gold answers"}
+        reason = "no items with gold answers" + (f"; {nonfinite_note(nonfinite)}" if nonfinite else "")
+        return {"n_items": 0, "verdict": "no-answers", "verdict_reason": reason}
     acc_b, acc_t, acc_c = base.mean(), tuned.mean(), corrected.mean()
     change = acc_t - acc_b
     p = mcnemar_exact(base, tuned)
@@ -124,7 +155,13 @@ def accuracy_figures(base, tuned, corrected, th: Thresholds, seed: int = 0, rest
         out["restricted"] = {"n_items": len(rb), "accuracy_base": rb.mean(), "accuracy_tuned": rt.mean(),
                              "accuracy_change": r_change, "mcnemar_p": r_p, "held": held}
     out["verdict"], out["verdict_reason"] = decide(out, th)
+    if nonfinite:
+        out["verdict_reason"] += f"; {nonfinite_note(nonfinite)}"
     return out
+
+
+def nonfinite_note(n: int) -> str:
+    return f"{n} scored positions had non-finite logits and were left out of every figure"
 
 
 def decide(f: dict, th: Thresholds) -> tuple[str, str]:
@@ -153,7 +190,12 @@ def _pct(x: float) -> str:
 
 
 def sentence(f: dict) -> str:
-    """The verdict in a sentence a reviewer understands."""
+    """The verdict in a sentence a reviewer understands (and a note on non-finite logits)."""
+    n = f.get("nonfinite_positions") or 0
+    return _verdict_sentence(f) + (f" Note: {nonfinite_note(n)}." if n else "")
+
+
+def _verdict_sentence(f: dict) -> str:
     v = f.get("verdict")
     if v == "no-answers":
         if "skipped" in f.get("verdict_reason", ""):
@@ -161,7 +203,7 @@ def sentence(f: dict) -> str:
         return "No gold answers in these probes: drift figures only; accuracy and the verdict need answers."
     change = f["accuracy_change"] * 100
     numeric = f.get("classes", {}).get("numeric", {}).get("shift")
-    shift = f" ({numeric:+.2f} numeric mass)" if numeric is not None and not math.isnan(numeric) else ""
+    shift = f" ({100 * numeric:+.1f} pt numeric mass)" if numeric is not None and not math.isnan(numeric) else ""
     if v == "stable":
         return f"Held-out accuracy moved {change:+.1f} points, within noise: stable."
     if v == "inconclusive":
@@ -178,27 +220,56 @@ def sentence(f: dict) -> str:
     return f"Held-out accuracy fell {-change:.1f} points; {back}: {tail}"
 
 
+BOOT_BATCH = 100  # resamples drawn and scored at once: memory is (BOOT_BATCH, n) whatever n_boot is
+
+
 def correlation(x, y, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Pearson and Spearman with 95% bootstrap intervals (pairs resampled)."""
+    """Pearson and Spearman with 95% percentile bootstrap intervals (pairs resampled).
+
+    The resamples are scipy.stats.bootstrap's (paired=True, batch=BOOT_BATCH,
+    method="percentile", the same generator), scored vectorised. A resample in
+    which x or y is constant has no correlation: it is counted in
+    `degenerate_resamples` and kept as NaN, so the interval is NaN (as
+    scipy.stats.bootstrap's is) rather than conditioned on the resamples that
+    happened to vary. `n` is the number of finite pairs.
+    """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     n = len(x)
-    out = {"n": n, "pearson": math.nan, "pearson_ci": [math.nan, math.nan], "spearman": math.nan, "spearman_ci": [math.nan, math.nan]}
+    out = {"n": n, "pearson": math.nan, "pearson_ci": [math.nan, math.nan], "spearman": math.nan,
+           "spearman_ci": [math.nan, math.nan], "n_boot": 0, "degenerate_resamples": 0}
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return out
     out["pearson"] = float(stats.pearsonr(x, y).statistic)
     out["spearman"] = float(stats.spearmanr(x, y).statistic)
-    if n >= 5:
-        rng = np.random.default_rng(seed)
-        ps, ss = [], []
-        for _ in range(n_boot):
-            i = rng.integers(0, n, n)
-            if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
-                continue
-            ps.append(np.corrcoef(x[i], y[i])[0, 1])
-            ss.append(stats.spearmanr(x[i], y[i]).statistic)
-        if ps:
-            out["pearson_ci"] = [float(v) for v in np.quantile(ps, [0.025, 0.975])]
-            out["spearman_ci"] = [float(v) for v in np.nanquantile(ss, [0.025, 0.975])]
+    if n >= 5 and n_boot > 0:
+        pearson, spearman = bootstrap_correlations(x, y, n_boot, seed)
+        out["n_boot"] = n_boot
+        out["degenerate_resamples"] = int(np.isnan(pearson).sum())
+        out["pearson_ci"] = [float(v) for v in np.quantile(pearson, [0.025, 0.975])]
+        out["spearman_ci"] = [float(v) for v in np.quantile(spearman, [0.025, 0.975])]
     return out
+
+
+def bootstrap_correlations(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_boot,) Pearson and Spearman coefficients of paired resamples; NaN where a side is constant."""
+    rng = np.random.default_rng(seed)
+    pearson, spearman = [], []
+    for start in range(0, n_boot, BOOT_BATCH):
+        idx = rng.integers(0, len(x), (min(BOOT_BATCH, n_boot - start), len(x)))  # (B, n)
+        xs, ys = x[idx], y[idx]
+        pearson.append(_row_corr(xs, ys))
+        spearman.append(_row_corr(stats.rankdata(xs, axis=-1), stats.rankdata(ys, axis=-1)))
+    return np.concatenate(pearson), np.concatenate(spearman)
+
+
+def _row_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row pair of (B, n) arrays; NaN where a row is constant."""
+    degenerate = (np.ptp(a, axis=-1) == 0) | (np.ptp(b, axis=-1) == 0)
+    a = a - a.mean(-1, keepdims=True)
+    b = b - b.mean(-1, keepdims=True)
+    num = (a * b).sum(-1)
+    den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    r = np.divide(num, den, out=np.zeros_like(num), where=~degenerate)
+    return np.where(degenerate, math.nan, np.clip(r, -1.0, 1.0))

@@ -32,6 +32,8 @@ class Scope:
         self.within = Moments()
         self.classes = ClassMass(class_names)
         self.probes: set[int] = set()  # probe indices seen (bounded by the suite)
+        self.nonfinite = 0  # positions left out: a log-prob of either model was not finite
+        self.nonfinite_probes: set[int] = set()
 
     def update(self, f: dict[str, np.ndarray], sel: np.ndarray, masses: tuple[np.ndarray, np.ndarray], probes: np.ndarray):
         for m in SKETCHED:
@@ -46,7 +48,8 @@ class Scope:
         self.probes.update(probes[sel].tolist())
 
     def figures(self) -> dict:
-        out: dict = {"n_probes": len(self.probes), "n_positions": self.sketch["kl"].n}
+        out: dict = {"n_probes": len(self.probes), "n_positions": self.sketch["kl"].n,
+                     "nonfinite_positions": self.nonfinite, "nonfinite_probes": len(self.nonfinite_probes)}
         for m in SKETCHED:
             out[m] = self.sketch[m].summary()
         out["top1_agreement"] = self.agree.mean
@@ -59,7 +62,10 @@ class Scope:
 
 class DriftAccumulator:
     def __init__(self, label: str, suites: list[str], probe_suite: list[str], classes: ClassTable, vocab: int):
+        if classes.width != vocab:  # one width for every vocabulary-sized structure (tokenclasses.vocab_width)
+            raise ValueError(f"class table over {classes.width} ids against a vocabulary width of {vocab}")
         self.label = label
+        self.vocab = vocab
         self.classes = classes
         self.probe_suite = probe_suite  # probe index -> suite name
         self.scopes = {"all": Scope(classes.names), **{s: Scope(classes.names) for s in suites}}
@@ -68,7 +74,6 @@ class DriftAccumulator:
         self.partition = classes.partition.double()  # (V, P)
         self.groups = torch.cat([self.membership, self.partition], 1)  # one matmul gives both masses
         self.rows: list[dict[str, np.ndarray]] = []
-        self.nonfinite = 0
         self.new_token_mass = Moments()
 
     def update(self, block: Block, base: tuple[torch.Tensor, torch.Tensor], tuned: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -79,7 +84,7 @@ class DriftAccumulator:
         logp, logq = logp.double().cpu(), logq.double().cpu()
         finite = torch.isfinite(logp.sum(-1) + logq.sum(-1))  # a row sum is finite iff every entry is
         real = torch.arange(block.size) < block.n
-        self.nonfinite += int((real & ~finite).sum())
+        self._count_nonfinite(block, ~finite[: block.n].numpy())
         if not finite.all():  # keep every tensor's shape: neutral rows in place of the bad ones, then drop them
             neutral = -math.log(logp.shape[-1])
             logp = torch.where(finite[:, None], logp, neutral)
@@ -110,10 +115,21 @@ class DriftAccumulator:
             row[f"q_{name}"] = q_mass[:, j]
         self.rows.append(row)
 
+    def _count_nonfinite(self, block: Block, bad: np.ndarray) -> None:
+        """bad: (block.n,) the real rows with a non-finite log-prob, per scope."""
+        if not bad.any():
+            return
+        probes = block.probe.numpy()[bad]
+        for probe in probes.tolist():
+            for scope in (self.scopes["all"], self.scopes[self.probe_suite[probe]]):
+                scope.nonfinite += 1
+                scope.nonfinite_probes.add(probe)
+
     def _position_figures(self, logp, logq, gold):
         """Per-row figures (numpy), class masses of base and tuned (N, C), and p, q (N, V)."""
-        has_gold = gold >= 0
-        g = gold.clamp_min(0)[:, None]
+        # A gold id past the width (a token beyond the LM head) has no probability to read.
+        has_gold = (gold >= 0) & (gold < self.vocab)
+        g = torch.where(has_gold, gold, 0)[:, None]
         fig = D.position_figures(logp, logq, self.groups)
         C = self.membership.shape[1]
         between = D.between_class(fig["p_groups"][:, C:], fig["q_groups"][:, C:])
@@ -133,8 +149,8 @@ class DriftAccumulator:
 
     def figures(self) -> dict:
         out = self.scopes["all"].figures()
-        out["nonfinite_positions"] = self.nonfinite
         out["new_token_mass"] = self.new_token_mass.mean
+        out["tokens_beyond_head"] = self.classes.beyond_head  # tokenizer ids no LM head scores
         out["suites"] = {s: sc.figures() for s, sc in self.scopes.items() if s != "all"}
         return out
 

@@ -95,6 +95,8 @@ class LayerAccumulator:
     def __init__(self, label: str, base_model, tuned_model, classes: ClassTable, vocab: int, *,
                  cka_exact_max: int = 1024, cka_dims: int = 512, seed: int = 0,
                  lens_rows: int | None = None, head_cache: dict | None = None, lens_layers: int = 12):
+        if classes.width != vocab:  # one width for every vocabulary-sized structure (tokenclasses.vocab_width)
+            raise ValueError(f"class table over {classes.width} ids against a vocabulary width of {vocab}")
         self.label = label
         self.vocab = vocab
         self.classes = classes
@@ -106,7 +108,7 @@ class LayerAccumulator:
         self.L = self.base.num_layers
         self.lens_idx = sorted({round(x) for x in np.linspace(0, self.L - 1, min(lens_layers, self.L))})
         self.comp = {"base": component_modules(self.base), "tuned": component_modules(self.tuned)}
-        self.membership = classes.membership[:vocab].double()  # (V, C)
+        self.membership = classes.membership.double()  # (V, C)
         self.lens_rows = lens_rows or block_rows(vocab)  # rows of (rows, vocab) lens log-probs per side at once
         # The lens costs a head projection per layer: at most `lens_layers` evenly
         # spaced layers (first and last included), enough to see the depth at

@@ -15,23 +15,82 @@ QUANTILES = {"median": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p99_9": 0.999
 
 
 @dataclass
-class Sketch:
-    """Moments plus a log-bucketed histogram for quantiles (DDSketch-style).
+class Moments:
+    """Count, mean and standard error, merged with Welford/Chan updates.
 
-    A value x > 0 lands in bucket ceil(log(x) / log(gamma)); every quantile is
-    returned within a relative error `alpha` of an exact order statistic of the
-    non-negative values (0.5% by default). Values below `floor` count as zero.
-    Memory is a fixed array whatever the number of values.
+    State: n, mu (the mean) and m2 = sum (x - mu)^2. Each batch is reduced to its own
+    (n, mean, m2) and combined with the running state by Chan et al.'s
+    pairwise formula, the same one `merge` uses, so neither loses precision to
+    sum(x^2) - n mean^2 when the spread is small against the mean.
+    """
+
+    n: int = 0
+    mu: float = 0.0
+    m2: float = 0.0
+
+    def update(self, values: np.ndarray) -> None:
+        v = np.asarray(values, dtype=np.float64).ravel()
+        if v.size:
+            mean = float(v.mean())
+            self._combine(v.size, mean, float(np.square(v - mean).sum()))
+
+    def merge(self, other: Moments) -> Moments:
+        self._combine(other.n, other.mu, other.m2)
+        return self
+
+    def _combine(self, n: int, mean: float, m2: float) -> None:
+        if n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mu, self.m2 = n, mean, m2
+            return
+        total = self.n + n
+        delta = mean - self.mu
+        self.mu += delta * n / total
+        self.m2 += m2 + delta * delta * self.n * n / total
+        self.n = total
+
+    @property
+    def mean(self) -> float:
+        return self.mu if self.n else math.nan
+
+    @property
+    def var(self) -> float:
+        """Sample variance (n - 1 in the denominator)."""
+        return self.m2 / (self.n - 1) if self.n > 1 else math.nan
+
+    @property
+    def se(self) -> float:
+        return math.sqrt(self.var / self.n) if self.n > 1 else math.nan
+
+
+EXACT_MAX = 4096  # values kept as they are before the sketch takes over: 32 KiB
+
+
+@dataclass
+class Sketch:
+    """Moments, and quantiles of non-negative values: exact while small, then a
+    log-bucketed histogram (DDSketch-style).
+
+    Up to `exact_max` values are kept as they are and quantiles are exact, with
+    numpy's default (linear) interpolation between order statistics. Past that
+    the buffer is dropped and quantiles come from the histogram: a value x > 0
+    lands in bucket ceil(log(x) / log(gamma)), each order statistic is read as
+    its bucket's midpoint (within a relative error `alpha` of the exact one,
+    0.5% by default) and neighbours are interpolated as numpy does, so every
+    quantile is within `alpha` of numpy's. Values below `floor` count as zero,
+    above `ceil` as `ceil`. Memory is bounded: the histogram is a fixed array
+    and the buffer never holds more than `exact_max` values.
     """
 
     alpha: float = 0.005
     floor: float = 1e-12
     ceil: float = 1e12
-    n: int = 0
-    total: float = 0.0
-    total_sq: float = 0.0
+    exact_max: int = EXACT_MAX
     vmax: float = -math.inf
     zeros: int = 0
+    moments: Moments = field(default_factory=Moments)
+    exact: np.ndarray | None = field(default=None, repr=False)  # the values while n <= exact_max; then None
     counts: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self):
@@ -41,6 +100,20 @@ class Sketch:
         hi = math.ceil(math.log(self.ceil) / self._lg)
         if self.counts is None:
             self.counts = np.zeros(hi - self._lo + 1, dtype=np.int64)
+        if self.exact is None and self.moments.n == 0:
+            self.exact = np.zeros(0)
+
+    @property
+    def n(self) -> int:
+        return self.moments.n
+
+    @property
+    def mean(self) -> float:
+        return self.moments.mean
+
+    @property
+    def se(self) -> float:
+        return self.moments.se
 
     def update(self, values: np.ndarray) -> None:
         v = np.asarray(values, dtype=np.float64).ravel()
@@ -48,86 +121,60 @@ class Sketch:
             return
         if (v < 0).any():
             raise ValueError("Sketch holds non-negative values only")
-        self.n += v.size
-        self.total += float(v.sum())
-        self.total_sq += float((v * v).sum())
+        self.moments.update(v)
         self.vmax = max(self.vmax, float(v.max()))
+        self._keep(v)
         small = v < self.floor
         self.zeros += int(small.sum())
         pos = np.clip(v[~small], None, self.ceil)
         idx = np.ceil(np.log(pos) / self._lg).astype(np.int64) - self._lo
         np.add.at(self.counts, np.clip(idx, 0, len(self.counts) - 1), 1)
 
+    def _keep(self, v: np.ndarray) -> None:
+        """Extend the exact buffer, or drop it for good once n passes exact_max."""
+        if self.exact is None:
+            return
+        self.exact = np.concatenate([self.exact, v]) if self.n <= self.exact_max else None
+
     def merge(self, other: Sketch) -> Sketch:
         assert (self.alpha, self.floor, self.ceil) == (other.alpha, other.floor, other.ceil)
-        self.n += other.n
-        self.total += other.total
-        self.total_sq += other.total_sq
+        both = None if self.exact is None or other.exact is None else np.concatenate([self.exact, other.exact])
+        self.moments.merge(other.moments)
+        self.exact = both if both is not None and self.n <= self.exact_max else None
         self.vmax = max(self.vmax, other.vmax)
         self.zeros += other.zeros
         self.counts += other.counts
         return self
 
     def quantile(self, q: float) -> float:
+        """numpy's default (linear) quantile: exact while the buffer is kept, else within alpha."""
         if self.n == 0:
             return math.nan
-        rank = q * (self.n - 1)  # 0-based rank of the order statistic (lower)
-        if rank < self.zeros:
+        if self.exact is not None:
+            return float(np.quantile(self.exact, q))
+        rank = q * (self.n - 1)  # 0-based, fractional: numpy's "linear" method
+        lo = math.floor(rank)
+        a = self._order_statistic(lo)
+        if rank == lo:
+            return a
+        b = self._order_statistic(lo + 1)
+        return a + (rank - lo) * (b - a)
+
+    def _order_statistic(self, k: int) -> float:
+        """The k-th smallest value (0-based), within a relative error alpha."""
+        if k < self.zeros:
             return 0.0
         cum = np.cumsum(self.counts)
-        b = int(np.searchsorted(cum, rank - self.zeros, side="right"))
+        b = int(np.searchsorted(cum, k - self.zeros, side="right"))
         upper = self.gamma ** (b + self._lo)
         # The bucket (upper/gamma, upper]: its midpoint in relative terms.
         return min(2 * upper / (self.gamma + 1), self.vmax)
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.n if self.n else math.nan
-
-    @property
-    def se(self) -> float:
-        if self.n < 2:
-            return math.nan
-        var = (self.total_sq - self.n * self.mean**2) / (self.n - 1)
-        return math.sqrt(max(var, 0.0) / self.n)
 
     def summary(self) -> dict:
         out = {"n": self.n, "mean": self.mean, "se": self.se}
         out.update({k: self.quantile(q) for k, q in QUANTILES.items()})
         out["max"] = self.vmax if self.n else math.nan
         return out
-
-
-@dataclass
-class Moments:
-    """Count, mean and standard error of a bounded quantity (e.g. agreement 0/1)."""
-
-    n: int = 0
-    total: float = 0.0
-    total_sq: float = 0.0
-
-    def update(self, values: np.ndarray) -> None:
-        v = np.asarray(values, dtype=np.float64).ravel()
-        self.n += v.size
-        self.total += float(v.sum())
-        self.total_sq += float((v * v).sum())
-
-    def merge(self, other: Moments) -> Moments:
-        self.n += other.n
-        self.total += other.total
-        self.total_sq += other.total_sq
-        return self
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.n if self.n else math.nan
-
-    @property
-    def se(self) -> float:
-        if self.n < 2:
-            return math.nan
-        var = (self.total_sq - self.n * self.mean**2) / (self.n - 1)
-        return math.sqrt(max(var, 0.0) / self.n)
 
 
 @dataclass

@@ -9,6 +9,7 @@ change of output type and a change of content.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -96,16 +97,25 @@ def strip_text(text: str) -> str:
 
 @dataclass(frozen=True)
 class ClassTable:
-    """Membership of every id in every class.
+    """Membership of every scored id in every class.
 
+    V is the run's one vocabulary width (see `vocab_width`): every
+    vocabulary-sized structure of a run has V rows or columns.
     membership: (V, C) bool, one column per name in `names` (built-ins, then user).
     partition:  (V, P) bool one-hot over PARTITION.
+    texts: (V,) each id's text. beyond_head: the tokenizer's ids >= V, which
+    no LM head scores (added tokens without a resized head): in no class.
     """
 
     names: tuple[str, ...]
     membership: torch.Tensor
     partition: torch.Tensor
     texts: tuple[str, ...]
+    beyond_head: int = 0
+
+    @property
+    def width(self) -> int:
+        return self.membership.shape[0]
 
     def ids(self, name: str) -> torch.Tensor:
         return self.membership[:, self.names.index(name)].nonzero().flatten()
@@ -145,5 +155,20 @@ def special_ids(tokenizer) -> set[int]:
     return {i for i in ids if i is not None and 0 <= i < len(tokenizer)}
 
 
-def classes_for(tokenizer, user: dict[str, str] | None = None) -> ClassTable:
-    return build_classes(token_texts(tokenizer), special_ids(tokenizer), user)
+def vocab_width(tokenizer, models) -> int:
+    """The run's one vocabulary width: ids [0, V) are those the tokenizer has and
+    every model's LM head scores. A tokenizer longer than a head (tokens added
+    without resize_token_embeddings, e.g. CodeLlama's 32,004 against 32,000 rows)
+    leaves its last ids out; a head longer than the tokenizer (padded rows, a
+    tuned model's new tokens) leaves its last rows out."""
+    return min([len(tokenizer)] + [m.get_output_embeddings().weight.shape[0] for m in models])
+
+
+def classes_for(tokenizer, user: dict[str, str] | None = None, width: int | None = None) -> ClassTable:
+    """The class table over ids [0, width) (default: the whole tokenizer)."""
+    texts = token_texts(tokenizer)
+    width = len(texts) if width is None else width
+    if not 0 < width <= len(texts):
+        raise ValueError(f"vocabulary width {width} outside the tokenizer's 1..{len(texts)} ids")
+    table = build_classes(texts[:width], {i for i in special_ids(tokenizer) if i < width}, user)
+    return dataclasses.replace(table, beyond_head=len(texts) - width)

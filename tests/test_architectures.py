@@ -9,7 +9,7 @@ import transformers as tf
 from torch import nn
 
 from driftscope.architectures import (
-    MODULE_TYPES, Architecture, ArchitectureError, discover, layer_index, module_type,
+    MODULE_TYPES, Architecture, ArchitectureError, discover, layer_index, module_type, softcap_of,
 )
 from driftscope.errors import DriftscopeError
 
@@ -96,17 +96,65 @@ def test_discover_family(family):
         assert arch.softcap is None
 
 
-def test_discover_gemma3_multimodal():
-    text = dict(num_key_value_heads=2, head_dim=8, **{**DECODER, "vocab_size": 300})
+def gemma3_multimodal(**text_extra) -> nn.Module:
+    text = dict(num_key_value_heads=2, head_dim=8, **{**DECODER, "vocab_size": 300}, **text_extra)
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
     config = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
                              image_token_index=299, boi_token_index=297, eoi_token_index=298)
     torch.manual_seed(0)
     model = tf.Gemma3ForConditionalGeneration(config).eval()
     assert sum(p.numel() for p in model.parameters()) < 200_000
+    return model
+
+
+def test_discover_gemma3_multimodal():
+    model = gemma3_multimodal()
     arch = discover(model)
     assert arch.family == "gemma3" and arch.layer_names[0] == "model.language_model.layers.0"
     check_model(model, arch)
+
+
+def test_softcap_in_the_text_config_is_read_once():
+    """Gemma 2/3 style multimodal config: the softcap lives in the text config, not
+    on the top-level config. The lens (discover) and the output distributions
+    (capture.project) read it through one function."""
+    from driftscope import capture
+
+    model = gemma3_multimodal(final_logit_softcapping=2.0)
+    assert not hasattr(model.config, "final_logit_softcapping")
+    arch = discover(model)
+    assert arch.softcap == softcap_of(model) == capture.softcap_of(model) == 2.0
+    assert arch.lm_head is model.get_output_embeddings()
+
+
+def test_output_distributions_apply_the_text_config_softcap():
+    """A multimodal model whose forward applies its text config's softcap (Gemma 4
+    in transformers 5): compare's projected log-probs are the model's own."""
+    from driftscope.capture import capture, project
+
+    if not hasattr(tf, "Gemma4Config"):
+        pytest.skip("transformers without Gemma 4")
+    text = dict(num_key_value_heads=2, head_dim=8, global_head_dim=8, final_logit_softcapping=0.25,
+                vocab_size_per_layer_input=300, hidden_size_per_layer_input=8, sliding_window=16,
+                max_position_embeddings=128, layer_types=["sliding_attention", "full_attention"],
+                **{**DECODER, "vocab_size": 300})
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=8, position_embedding_size=16, patch_size=4)
+    config = tf.Gemma4Config(text_config=text, vision_config=vision, audio_config=None, boi_token_id=297,
+                             eoi_token_id=298, image_token_id=299, video_token_id=296, boa_token_id=295,
+                             eoa_token_index=294, audio_token_id=293)
+    torch.manual_seed(0)
+    model = tf.Gemma4ForConditionalGeneration(config).eval()
+    assert sum(p.numel() for p in model.parameters()) < 200_000
+    assert not hasattr(model.config, "final_logit_softcapping") and softcap_of(model) == 0.25
+    ids = torch.tensor([[3, 17, 42, 5, 99, 8]])
+    with torch.no_grad():
+        want = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+        with capture(model) as state:
+            state.rows, state.cols = torch.zeros(6, dtype=torch.long), torch.arange(6)
+            model(input_ids=ids)
+            got, _ = project(model, state.final, 300)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
 def test_discover_through_peft():

@@ -109,3 +109,37 @@ def test_correlation_matches_scipy_with_intervals():
 def test_normalised_exact_match(generated, gold, ok):
     assert is_match(generated, gold) is ok
     assert normalise("  A  B. ") == "a b"
+
+
+# -- numerics (issue 13) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["continuous", "ties"])
+def test_correlation_bootstrap_is_scipys_paired_percentile_bootstrap(kind):
+    """Same resamples as scipy.stats.bootstrap(paired=True), scored vectorised: same intervals."""
+    from driftscope.diagnose import BOOT_BATCH
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=80)
+    y = 0.5 * x + rng.normal(size=80)
+    if kind == "ties":  # accuracy changes are -1, 0, +1: heavy ties
+        y = np.sign(np.round(y))
+    c = correlation(x, y, n_boot=250, seed=7)
+    for name, fn in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr)):
+        ref = stats.bootstrap((x, y), lambda a, b: fn(a, b).statistic, paired=True, vectorized=False,
+                              n_resamples=250, batch=BOOT_BATCH, method="percentile", random_state=np.random.default_rng(7))
+        ci = ref.confidence_interval
+        assert c[f"{name}_ci"] == pytest.approx([ci.low, ci.high], rel=1e-9), name
+    assert c["n"] == 80 and c["n_boot"] == 250 and c["degenerate_resamples"] == 0
+
+
+def test_degenerate_resamples_are_counted_not_dropped():
+    """One changed item in 20: many resamples hold no change at all. Dropping them
+    would condition the interval on luck; the interval is undefined and says why."""
+    x = np.arange(20.0)
+    y = np.zeros(20)
+    y[3] = 1.0
+    c = correlation(x, y, n_boot=200)
+    assert c["n"] == 20 and c["degenerate_resamples"] > 0
+    assert all(math.isnan(v) for v in c["pearson_ci"] + c["spearman_ci"])
+    assert not math.isnan(c["spearman"])  # the point estimate on the data itself stands
