@@ -4,8 +4,9 @@ constant output shift removed.
 - Free answers: greedy decoding of a few tokens, normalised exact match.
   This is every item's primary correctness: what a user of the model sees.
 - Choice items additionally: log-likelihood of each choice after the prompt
-  (summed and per token); the argmax among the choices is the restricted
-  answer. Restricted accuracy that holds while free answers fall means the
+  (summed and per token), the choice's tokens split from the joined text as
+  lm-eval splits them (capture.split_pair); the argmax among the choices is
+  the restricted answer. Restricted accuracy that holds while free answers fall means the
   knowledge is still there and only the output is tilted.
 - Bias correction: the tuned model's prompt-independent output shift is the
   mean of log q - log p over the vocabulary at next-token positions. It is
@@ -22,11 +23,12 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from driftscope.capture import (NEXT, Batch, Block, Encoded, block_rows, blocks, capture, encode, forward,
-                                make_batches, project_block)
+from driftscope.capture import (NEXT, Batch, Block, Encoded, block_rows, blocks, capture, decoding_prompt, encode,
+                                forward, header_text, make_batches, project_block)
 from driftscope.memory import release_free_memory
 
 FOLDS = 5  # cross-fitting folds: each offset is estimated on 80% of the items
+MAX_NEW = 24  # the most tokens decoded per answer
 
 # transformers 5.x renamed the KV cache argument and output field to `cache`
 # (`past_key_values` still works there, with a deprecation warning each call).
@@ -120,6 +122,14 @@ def greedy(model, prompts: list[list[int]], max_new: int, pad_id: int, eos_id: i
     return new
 
 
+def decoding_budget(chunk: list[Encoded]) -> int:
+    """New tokens to decode for a batch: the longest answer and 2 more, at most
+    MAX_NEW, and at most what each probe's max_length leaves after BOS, the
+    chat header and one prompt token."""
+    want = min(max(e.n_answer for e in chunk) + 2, MAX_NEW)
+    return max(1, min([want] + [e.max_length - e.n_head - 1 for e in chunk if e.max_length is not None]))
+
+
 def generate_all(model, tok, encoded: list[Encoded], batch_size: int, offsets_of=None, vocab=None) -> dict[int, str]:
     """Greedy answers for every encoded probe (prompt part only): index -> text."""
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -127,9 +137,9 @@ def generate_all(model, tok, encoded: list[Encoded], batch_size: int, offsets_of
     texts = {}
     for i in range(0, len(order), batch_size):
         chunk = order[i : i + batch_size]
-        max_new = min(max(e.n_answer for e in chunk) + 2, 24)
+        max_new = decoding_budget(chunk)
         offs = offsets_of(torch.tensor([e.index for e in chunk])) if offsets_of else None
-        outs = greedy(model, [list(e.ids[: e.n_prompt]) for e in chunk], max_new, pad, tok.eos_token_id, offs, vocab)
+        outs = greedy(model, [decoding_prompt(e, max_new) for e in chunk], max_new, pad, tok.eos_token_id, offs, vocab)
         for e, ids in zip(chunk, outs):
             texts[e.index] = tok.decode(ids, skip_special_tokens=True)
         release_free_memory()  # the KV cache of this batch (see driftscope.memory)
@@ -142,11 +152,12 @@ def generate_all(model, tok, encoded: list[Encoded], batch_size: int, offsets_of
 def choice_sequences(probes, tok, chat: bool, max_length: int) -> tuple[list[Encoded], list[tuple[int, int]]]:
     """One encoded sequence per (probe, choice); returns them and their (probe, choice) keys."""
     seqs, keys = [], []
+    header = header_text(tok, chat)
     for i, p in enumerate(probes):
         if not p.choices:
             continue
         for j, c in enumerate(p.choices):
-            e = encode(dataclasses.replace(p, answer=c), len(seqs), tok, chat, max_length)
+            e = encode(dataclasses.replace(p, answer=c), len(seqs), tok, chat, max_length, header)
             seqs.append(e)
             keys.append((i, j))
     return seqs, keys

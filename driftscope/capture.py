@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from driftscope.architectures import softcap_of  # one reader of the softcap, for lens and outputs
+from driftscope.errors import DriftscopeError
 from driftscope.probes import Probe
 
 NEXT, ANSWER = 0, 1  # position kinds: right after the prompt / inside the gold answer
+PLACEHOLDER = "DRIFTSCOPEPROMPT"  # stands for the user's content when locating the chat header
 
 
 def join(prompt: str, continuation: str) -> tuple[str, str]:
@@ -34,7 +37,9 @@ class Encoded:
     ids: tuple[int, ...]
     n_prompt: int
     n_answer: int
-    truncated: int  # prompt tokens dropped from the left to fit the context
+    truncated: int  # prompt tokens dropped from the middle to fit max_length
+    n_head: int = 0  # leading prompt tokens never dropped: BOS and the chat header
+    max_length: int | None = None  # the most tokens the probe may take, decoded ones included
 
 
 def render_prompt(tokenizer, prompt: str, chat: bool) -> str:
@@ -43,19 +48,98 @@ def render_prompt(tokenizer, prompt: str, chat: bool) -> str:
     return prompt
 
 
-def encode(probe: Probe, index: int, tokenizer, chat: bool, max_length: int) -> Encoded:
+def header_text(tokenizer, chat: bool) -> str:
+    """What the rendered prompt holds before the user's content: the chat
+    template's system turn and user header, or nothing."""
+    if not chat:
+        return ""
+    rendered = render_prompt(tokenizer, PLACEHOLDER, chat)
+    return rendered.split(PLACEHOLDER)[0] if PLACEHOLDER in rendered else ""
+
+
+def token_ids(tokenizer, text: str, special: bool) -> list[int]:
+    # verbose=False: no "longer than the maximum" warning; encode() cuts a long prompt itself
+    return list(tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
+
+
+def common_prefix(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def split_pair(tokenizer, context: str, answer: str, special: bool) -> tuple[list[int], list[int]]:
+    """Prompt ids and answer ids, cut from the tokenisation of the joined text.
+
+    As lm-eval's `_encode_pair`: the continuation is whole[len(context ids):], so
+    the answer's tokens are those the model sees after the prompt (no stray
+    space marker from tokenising " answer" on its own). Where the prompt's
+    trailing whitespace merges into the answer's first token ("A: " + "Paris"),
+    it moves to the answer, as lm-eval moves it; where it stays a token of its
+    own (a chat template's final newline), it stays with the prompt, so the
+    next-token position and the decoding prompt are the prompt as written.
+    """
+    context, continuation = join(context, answer)
+    whole = token_ids(tokenizer, context + continuation, special)
+    ctx = token_ids(tokenizer, context, special)
+    if whole[: len(ctx)] != ctx and context != context.rstrip():
+        ctx = token_ids(tokenizer, context.rstrip(), special)
+    return ctx, whole[len(ctx):]
+
+
+def cut_middle(ids: list[int], n_head: int, room: int) -> list[int]:
+    """At most `room` of `ids`: the first n_head kept, then the rest's start and
+    end in halves (the end gets the odd token), its middle dropped."""
+    if len(ids) <= room:
+        return ids
+    head = min(n_head, room)
+    front = (room - head) // 2
+    back = room - head - front
+    return ids[: head + front] + ids[len(ids) - back:]
+
+
+def head_length(tokenizer, chat: bool) -> int:
+    """Tokens of BOS and the chat header: what every prompt starts with."""
+    return len(token_ids(tokenizer, header_text(tokenizer, chat), not chat))
+
+
+def encode(probe: Probe, index: int, tokenizer, chat: bool, max_length: int, header: str | None = None) -> Encoded:
+    """Token ids of prompt + answer, at most max_length of them. The answer is
+    kept whole where it fits; a prompt too long loses the middle of its
+    content, never BOS, the chat header or its end. `header`: header_text()."""
     text = render_prompt(tokenizer, probe.prompt, chat)
-    prompt_ids = tokenizer(text, add_special_tokens=not chat)["input_ids"]
-    answer_ids: list[int] = []
-    if probe.answer is not None:
-        _, cont = join(text, probe.answer)
-        answer_ids = tokenizer(cont, add_special_tokens=False)["input_ids"]
-    # Keep the answer whole and the end of the prompt; drop the prompt's start.
-    answer_ids = answer_ids[: max(0, max_length - 1)]
-    room = max_length - len(answer_ids)
-    dropped = max(0, len(prompt_ids) - room)
-    prompt_ids = prompt_ids[dropped:]
-    return Encoded(index, tuple(prompt_ids + answer_ids), len(prompt_ids), len(answer_ids), dropped)
+    special = not chat  # a chat template writes its own BOS
+    if probe.answer is None:
+        prompt_ids, answer_ids = token_ids(tokenizer, text, special), []
+    else:
+        prompt_ids, answer_ids = split_pair(tokenizer, text, probe.answer, special)
+    head = header_text(tokenizer, chat) if header is None else header
+    n_head = common_prefix(token_ids(tokenizer, head, special), prompt_ids)
+    answer_ids = answer_ids[: max(0, max_length - n_head - 1)]
+    kept = cut_middle(prompt_ids, n_head, max_length - len(answer_ids))
+    return Encoded(index, tuple(kept + answer_ids), len(kept), len(answer_ids), len(prompt_ids) - len(kept),
+                   n_head, max_length)
+
+
+def encode_all(probes: list[Probe], tokenizer, chat: bool, max_length: int) -> list[Encoded]:
+    """encode() every probe; a max length with no room for a prompt is refused."""
+    head = head_length(tokenizer, chat)
+    if max_length < head + 2:
+        raise DriftscopeError(f"--max-length {max_length} leaves no room for a prompt: a probe needs {head + 2} tokens at least "
+                              f"(BOS and chat header: {head}; one prompt token; one answer token)",
+                              f"use --max-length {head + 2} or more, or leave it unset for the model's context")
+    header = header_text(tokenizer, chat)
+    return [encode(p, i, tokenizer, chat, max_length, header) for i, p in enumerate(probes)]
+
+
+def decoding_prompt(e: Encoded, max_new: int) -> list[int]:
+    """The prompt to decode from, cut so that it and max_new tokens fit max_length
+    (absolute position embeddings have no row past the context)."""
+    prompt = list(e.ids[: e.n_prompt])
+    return prompt if e.max_length is None else cut_middle(prompt, e.n_head, e.max_length - max_new)
 
 
 @dataclass
@@ -211,12 +295,6 @@ def capture(model: torch.nn.Module, modules: dict[str, torch.nn.Module] | None =
     finally:
         for h in handles:
             h.remove()
-
-
-def softcap_of(model) -> float | None:
-    cfg = getattr(model, "config", None)
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    return float(cap) if cap else None
 
 
 def project(model, hidden: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
