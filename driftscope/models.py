@@ -1,8 +1,18 @@
 """Load a checkpoint, or a PEFT adapter on its base; tokenizer preflight.
 
-Local folders only, no network: every load runs with HF_HUB_OFFLINE semantics
-(`local_files_only=True`). Weights load from safetensors; a folder with only
-pickle weights needs `allow_pickle=True` and then loads with weights_only.
+Local folders only, no network: every transformers and peft load runs with
+`local_files_only=True`, and the files each needs are checked here first, so no
+library falls back to a hub download for a file a folder lacks. Weights load
+from safetensors; pickle weights (`*.bin`, `*.pt`, an adapter's
+`adapter_model.bin`) need `allow_pickle=True` and then load with weights_only.
+
+An adapter folder given as BASE is merged, in memory, into the base model its
+config names (which must be a local folder), and the checkpoint says so in
+`warning`, logged as one line and recorded in summary.json. A TUNED adapter then
+goes on that plain base model, as it was trained (unless its config names the
+BASE adapter itself): two adapters of one model compare as M+A against M+B.
+An adapter given as TUNED whose config names another base model than BASE (a
+hub id, another folder) gets such a warning too, and is applied to BASE anyway.
 """
 
 from __future__ import annotations
@@ -11,7 +21,10 @@ import copy
 import hashlib
 import json
 import logging
+import pickle
+import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +33,13 @@ import torch
 from driftscope.errors import ModelError, TokenizerMismatch
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_SAFETENSORS = "adapter_model.safetensors"
+ADAPTER_PICKLE = "adapter_model.bin"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PICKLE_HINT = "convert it to safetensors, or pass --allow-pickle (loads with weights_only)"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+log = logging.getLogger("driftscope")
 
 
 @dataclass
@@ -33,6 +52,8 @@ class Checkpoint:
     fingerprint: str
     model: torch.nn.Module
     tokenizer: object
+    model_path: str = ""  # the full model's folder: `path`, or for an adapter the base it was applied to
+    warning: str | None = None  # one line the user must see (and summary.json records)
 
     @property
     def n_ctx(self) -> int | None:
@@ -43,7 +64,8 @@ class Checkpoint:
         return None
 
     def describe(self) -> dict:
-        return {"label": self.label, "path": self.path, "kind": self.kind, "fingerprint": self.fingerprint}
+        out = {"label": self.label, "path": self.path, "kind": self.kind, "fingerprint": self.fingerprint}
+        return out | ({"warning": self.warning} if self.warning else {})
 
 
 def resolve_device(device: str) -> torch.device:
@@ -100,39 +122,96 @@ def fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _has_safetensors(path: Path) -> bool:
-    return any(path.glob("*.safetensors"))
+def open_safetensors(path: Path):
+    """safe_open(path), with a truncated or corrupted file as a ModelError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise ModelError(f"{path}: not a readable safetensors file ({_first_line(e)})",
+                         "the file is truncated or corrupted: copy or save it again") from None
+
+
+def _weight_files(path: Path, allow_pickle: bool) -> None:
+    """Refuse a folder whose weights cannot or may not be loaded, before any library looks elsewhere."""
+    tensors = sorted(path.glob("*.safetensors"))
+    for f in tensors:
+        with open_safetensors(f):  # reads and checks the header only
+            pass
+    if tensors:
+        return
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        if allow_pickle:
+            return
+        raise ModelError(f"{path}: weights are pickle files, not safetensors", PICKLE_HINT)
+    raise ModelError(f"{path}: no weight files (*.safetensors)", "point at the folder save_pretrained() wrote")
+
+
+@contextmanager
+def _quiet_transformers():
+    """transformers' multi-line load reports off: what matters is raised here as one line."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _load_model(path: Path, device: torch.device, dtype: torch.dtype, allow_pickle: bool) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    if not _has_safetensors(path) and not allow_pickle:
-        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
-            raise ModelError(f"{path}: weights are pickle files, not safetensors", "convert them, or pass --allow-pickle (loads with weights_only)")
-        raise ModelError(f"{path}: no weight files (*.safetensors)", "point at the folder save_pretrained() wrote")
+    _weight_files(path, allow_pickle)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=dtype,
-            local_files_only=True,
-            trust_remote_code=False,
-            use_safetensors=None if allow_pickle else True,
-        )
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{path}: cannot load as a causal language model ({_first_line(e)})")
+        with _quiet_transformers():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=dtype,
+                local_files_only=True,
+                trust_remote_code=False,
+                use_safetensors=None if allow_pickle else True,
+                weights_only=True,  # a pickle, where allowed, still yields tensors only
+                ignore_mismatched_sizes=True,  # reported below as one line, not raised as a table
+                output_loading_info=True,
+            )
+    except Exception as e:  # noqa: BLE001 - whatever a broken folder raises, the user gets one line
+        raise ModelError(f"{path}: cannot load as a causal language model ({_first_line(e)})") from None
+    _check_loading_info(path, info)
     return model.to(device).eval().requires_grad_(False)
+
+
+def _check_loading_info(path: Path, info: dict) -> None:
+    """Refuse a config.json the weights do not fill: transformers would initialise the rest at random."""
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: m[0])
+    if mismatched:
+        name, in_file, in_config = mismatched[0]
+        raise ModelError(f"{path}: config.json does not fit the weights: {name} is {_shape(in_file)} in the "
+                         f"weights, {_shape(in_config)} by config.json", "save config.json with its weights")
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise ModelError(f"{path}: the weights lack {missing[0]} ({len(missing)} tensors missing), "
+                         "which config.json asks for", "save config.json with its weights")
+
+
+def _shape(shape) -> str:
+    return str(tuple(int(s) for s in shape))
 
 
 def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"{path}: no tokenizer files (tokenizer.json, tokenizer_config.json)",
+                         "save the tokenizer beside the model (tokenizer.save_pretrained)")
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"{path}: cannot load its tokenizer ({_first_line(e)})", "save the tokenizer beside the model")
+        with _quiet_transformers():
+            return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - as in _load_model
+        raise ModelError(f"{path}: cannot load its tokenizer ({_first_line(e)})", "save the tokenizer beside the model") from None
 
 
 def _first_line(e: Exception) -> str:
@@ -140,12 +219,29 @@ def _first_line(e: Exception) -> str:
     return text[0][:200] if text else type(e).__name__
 
 
-def _adapter_base(path: Path) -> Path:
+def _adapter_config(path: Path) -> dict:
     try:
         cfg = json.loads((path / ADAPTER_CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path / ADAPTER_CONFIG}: unreadable ({_first_line(e)})")
-    name = cfg.get("base_model_name_or_path")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path / ADAPTER_CONFIG}: unreadable ({_first_line(e)})", "save the adapter again") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path / ADAPTER_CONFIG}: not a JSON object", "save the adapter again")
+    return cfg
+
+
+def _adapter_weights(path: Path, allow_pickle: bool) -> None:
+    if (path / ADAPTER_SAFETENSORS).is_file():
+        with open_safetensors(path / ADAPTER_SAFETENSORS):
+            return
+    if not (path / ADAPTER_PICKLE).is_file():
+        raise ModelError(f"{path}: no adapter weights ({ADAPTER_SAFETENSORS})",
+                         "point at the folder the adapter's save_pretrained() wrote")
+    if not allow_pickle:
+        raise ModelError(f"{path}: adapter weights are a pickle file ({ADAPTER_PICKLE}), not safetensors", PICKLE_HINT)
+
+
+def _adapter_base(path: Path) -> Path:
+    name = _adapter_config(path).get("base_model_name_or_path")
     base = Path(name) if name else None
     if base is None or not base.is_dir():
         raise ModelError(
@@ -155,16 +251,43 @@ def _adapter_base(path: Path) -> Path:
     return base
 
 
+def _same_model(named: str | None, base_path: str) -> bool:
+    """Whether an adapter's base_model_name_or_path is the folder `base_path`, or an identical copy of it."""
+    named_path = Path(named) if named else None
+    if named_path is None or not named_path.is_dir():
+        return False
+    base = Path(base_path)
+    return named_path.resolve() == base.resolve() or fingerprint(named_path) == fingerprint(base)
+
+
+def _adapter_target(adapter: Path, base: Checkpoint) -> tuple[bool, str | None]:
+    """Whether the adapter goes on BASE's own model (else, BASE being an adapter merged in memory,
+    on the plain model under it), and one line when its config names another base model."""
+    named = _adapter_config(adapter).get("base_model_name_or_path")
+    on_base = base.kind == "model" or _same_model(named, base.path)  # an adapter trained on BASE's adapter
+    target = base.path if on_base else base.model_path
+    if not named or _same_model(named, target):
+        return on_base, None
+    return on_base, (f"adapter {adapter} names base model {named!r}, but BASE is {target}: "
+                     "applied to it anyway (check it is the model the adapter was trained on)")
+
+
 def load_base(path: str | Path, device="auto", dtype="auto", allow_pickle=False) -> Checkpoint:
     path = Path(path)
     kind = checkpoint_kind(path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if kind == "adapter":  # an adapter as BASE: apply it on the base it names
+    if kind == "adapter":  # an adapter as BASE: merged, in memory, into the base it names
         base = load_base(_adapter_base(path), device, dtype, allow_pickle)
-        return load_tuned(path, base, allow_pickle=allow_pickle)
+        adapted = load_tuned(path, base, allow_pickle=allow_pickle)
+        model = adapted.model.merge_and_unload().eval().requires_grad_(False)
+        warning = f"BASE {path} is a PEFT adapter: compared as merged into the base model it names, {base.path}"
+        log.warning(warning)
+        return Checkpoint(adapted.label, str(path), "adapter", adapted.fingerprint, model, adapted.tokenizer,
+                          model_path=base.path, warning=warning)
     model = _load_model(path, dev, dt, allow_pickle)
-    return Checkpoint(path.name or str(path), str(path), "model", fingerprint(path), model, _load_tokenizer(path))
+    return Checkpoint(path.name or str(path), str(path), "model", fingerprint(path), model, _load_tokenizer(path),
+                      model_path=str(path))
 
 
 def load_tuned(path: str | Path, base: Checkpoint, label: str | None = None, allow_pickle=False) -> Checkpoint:
@@ -173,26 +296,64 @@ def load_tuned(path: str | Path, base: Checkpoint, label: str | None = None, all
     kind = checkpoint_kind(path)
     label = label or path.name or str(path)
     if kind == "adapter":
-        from peft import PeftModel
-
-        model = copy.deepcopy(base.model)
-        logging.getLogger("peft").setLevel(logging.ERROR)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
-        except (ValueError, KeyError, RuntimeError, OSError) as e:
-            raise ModelError(
-                f"{path}: adapter does not fit the base model {base.path} ({_first_line(e)})",
-                "pass the base model the adapter was trained on",
-            )
-        tok = _load_tokenizer(path) if (path / "tokenizer_config.json").is_file() else base.tokenizer
-        return Checkpoint(label, str(path), "adapter", fingerprint(path), model.eval(), tok)
+        return _load_adapter(path, base, label, allow_pickle)
     dev = next(base.model.parameters()).device
     dt = next(base.model.parameters()).dtype
     model = _load_model(path, dev, dt, allow_pickle)
     tok = _load_tokenizer(path) if any(path.glob("tokenizer*")) else base.tokenizer
-    return Checkpoint(label, str(path), "model", fingerprint(path), model, tok)
+    return Checkpoint(label, str(path), "model", fingerprint(path), model, tok, model_path=str(path))
+
+
+def _load_adapter(path: Path, base: Checkpoint, label: str, allow_pickle: bool) -> Checkpoint:
+    from peft import PeftModel
+
+    on_base, warning = _adapter_target(path, base)  # also checks adapter_config.json
+    _adapter_weights(path, allow_pickle)
+    if on_base:
+        model = copy.deepcopy(base.model)
+    else:  # BASE is another adapter, merged: this one goes on the plain model, as it was trained
+        param = next(base.model.parameters())
+        model = _load_model(Path(base.model_path), param.device, param.dtype, allow_pickle)
+    logging.getLogger("peft").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            # peft reads adapter_model.bin with torch.load(weights_only=True)
+            model = PeftModel.from_pretrained(model, str(path), is_trainable=False, local_files_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused what the pickle holds
+        raise ModelError(f"{path / ADAPTER_PICKLE}: refused by weights_only loading ({_first_line(e)})",
+                         "it holds more than tensors: save the adapter again, as safetensors") from None
+    except Exception as e:  # noqa: BLE001 - a wrong base or a broken file: one line
+        mismatch = _size_mismatch(e)
+        if mismatch:
+            raise ModelError(f"{path}: adapter does not fit the base model {base.path} ({mismatch})",
+                             "pass the base model the adapter was trained on") from None
+        raise ModelError(f"{path}: cannot apply the adapter to the base model {base.path} ({_detail(e)})",
+                         "check that the adapter folder is complete and was trained on this base model") from None
+    if warning:
+        log.warning(warning)
+    tok = _load_tokenizer(path) if (path / "tokenizer_config.json").is_file() else base.tokenizer
+    return Checkpoint(label, str(path), "adapter", fingerprint(path), model.eval(), tok,
+                      model_path=base.path if on_base else base.model_path, warning=warning)
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for (?P<name>\S+): copying a param with shape torch\.Size\((?P<file>\[[^\]]*\])\) "
+                            r"from checkpoint, the shape in current model is torch\.Size\((?P<model>\[[^\]]*\])\)")
+
+
+def _size_mismatch(e: Exception) -> str | None:
+    """The first mismatched tensor and both shapes, from torch's load_state_dict message."""
+    m = _SIZE_MISMATCH.search(str(e))
+    if m is None:
+        return None
+    name = m["name"].removeprefix("base_model.model.").replace(".default.", ".")
+    return f"{name} is {_shape(json.loads(m['file']))} in the adapter, {_shape(json.loads(m['model']))} on the base"
+
+
+def _detail(e: Exception) -> str:
+    """The first line of a message that says something (not torch's "Error(s) in loading state_dict" header)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("Error(s) in loading")]
+    return lines[0][:200] if lines else _first_line(e)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,12 @@ The table has one row per tensor:
     tensor, layer (Int32, null outside blocks), module_type, family,
     numel, base_norm, delta_norm, rel_change, note
 
-A tensor whose shapes differ (a resized vocabulary) is compared on the shared
-leading block and says so in `note`; a tensor present on one side only has
-null norms and a note.
+The two checkpoints must share an architecture: a tensor whose shapes differ is
+refused with a ModelError naming it and both shapes, and so is a tensor of a
+transformer block present on one side only (another depth, another layout).
+The exceptions are noted, not refused: an embedding or head whose vocabulary
+was resized is compared on the shared rows, and a tensor outside the blocks
+present on one side only (an untied head, a buffer) has null norms.
 """
 
 from __future__ import annotations
@@ -27,15 +30,13 @@ from typing import Callable
 
 import polars as pl
 import torch
-from safetensors import safe_open
 
 from driftscope.architectures import family_for, layer_index, module_type
 from driftscope.errors import ModelError
 from driftscope.metrics.weights import lora_delta, lora_scaling, relative_change, sq_norms
+from driftscope.models import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_SAFETENSORS as ADAPTER_WEIGHTS, open_safetensors
 
 CHUNK_ELEMS = 1 << 22  # ~4M elements: a 32 MiB float64 block per side
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 SCHEMA = {
     "tensor": pl.Utf8, "layer": pl.Int32, "module_type": pl.Utf8, "family": pl.Utf8,
@@ -67,12 +68,21 @@ class _Checkpoint:
     def _handle(self, name: str):
         if name != self._tensor:
             self._open.close()
-            self._handle_of_tensor = self._open.enter_context(safe_open(str(self.folder / self.files[name]), framework="pt"))
+            self._handle_of_tensor = self._open.enter_context(open_safetensors(self.folder / self.files[name]))
             self._tensor = name
         return self._handle_of_tensor
 
-    def names(self) -> list[str]:
-        return list(self.files)
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape, each file opened once (headers only)."""
+        out = {}
+        for file in sorted(set(self.files.values())):
+            with open_safetensors(self.folder / file) as f:
+                out.update((k, tuple(f.get_slice(k).get_shape())) for k in f.keys() if self.files.get(k) == file)
+        missing = sorted(set(self.files) - set(out))
+        if missing:
+            raise ModelError(f"{self.folder}: {missing[0]} is in the index but not in {self.files[missing[0]]}",
+                             "the checkpoint is incomplete: copy or save it again")
+        return out
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._handle(name).get_slice(name).get_shape())
@@ -89,6 +99,9 @@ class _Checkpoint:
 def _shard_map(folder: Path) -> dict[str, str]:
     if not folder.is_dir():
         raise ModelError(f"{folder} is not a folder", hint="pass a checkpoint folder with *.safetensors")
+    if (folder / ADAPTER_CONFIG).is_file():
+        raise ModelError(f"{folder} is a PEFT adapter, not a full checkpoint",
+                         hint="weight distances need the full base model as BASE; an adapter goes as TUNED")
     indexes = sorted(folder.glob("*.safetensors.index.json"))
     if indexes:
         try:
@@ -102,7 +115,7 @@ def _shard_map(folder: Path) -> dict[str, str]:
         raise ModelError(f"no *.safetensors in {folder}", hint=hint)
     out: dict[str, str] = {}
     for p in files:
-        with safe_open(str(p), framework="pt") as f:
+        with open_safetensors(p) as f:
             out.update((k, p.name) for k in f.keys())
     return out
 
@@ -144,8 +157,7 @@ _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_
 
 
 def is_adapter(folder: str | Path) -> bool:
-    folder = Path(folder)
-    return (folder / ADAPTER_CONFIG).is_file() and (folder / ADAPTER_WEIGHTS).is_file()
+    return (Path(folder) / ADAPTER_CONFIG).is_file()
 
 
 def _load_adapter(folder: Path, base_names: set[str]) -> _Adapter:
@@ -153,6 +165,12 @@ def _load_adapter(folder: Path, base_names: set[str]) -> _Adapter:
         cfg = json.loads((folder / ADAPTER_CONFIG).read_text())
     except ValueError as exc:
         raise ModelError(f"{folder / ADAPTER_CONFIG} is not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{folder / ADAPTER_CONFIG} is not a JSON object", hint="save the adapter again")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        pickled = (folder / ADAPTER_PICKLE).is_file()
+        raise ModelError(f"no {ADAPTER_WEIGHTS} in {folder}" + (f" (only {ADAPTER_PICKLE}, a pickle)" if pickled else ""),
+                         hint="weight distances read safetensors only: save the adapter with safe_serialization")
     if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
         raise ModelError(f"{folder} is a {cfg.get('peft_type')} adapter", hint="only LoRA adapters are supported")
     if cfg.get("use_dora"):
@@ -160,7 +178,7 @@ def _load_adapter(folder: Path, base_names: set[str]) -> _Adapter:
                          hint="merge it (merge_and_unload) and compare the merged folder")
     parts: dict[str, dict[str, torch.Tensor]] = {}
     replaced: dict[str, str] = {}
-    with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as f:
+    with open_safetensors(folder / ADAPTER_WEIGHTS) as f:
         for key in f.keys():
             name = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
             m = _LORA_KEY.match(name)
@@ -219,19 +237,24 @@ def weight_table(base_dir: str | Path, tuned_dir: str | Path) -> pl.DataFrame:
     """
     base_dir, tuned_dir = Path(base_dir), Path(tuned_dir)
     family = _family_of(base_dir)
+    if not is_adapter(tuned_dir):
+        _family_of(tuned_dir)  # refuses a broken config.json there too
     rows = []
     with ExitStack() as stack:
         base = _Checkpoint(base_dir, stack)
-        base_names = set(base.names())
+        base_shapes = base.shapes()
+        base_names = set(base_shapes)
         if is_adapter(tuned_dir):
             adapter = _load_adapter(tuned_dir, base_names)
-            adapter_file = stack.enter_context(safe_open(str(tuned_dir / ADAPTER_WEIGHTS), framework="pt"))
-            tuned_names = base_names | set(adapter.loras) | set(adapter.replaced)
+            adapter_file = stack.enter_context(open_safetensors(tuned_dir / ADAPTER_WEIGHTS))
+            tuned_shapes = _adapted_shapes(base_shapes, adapter, adapter_file)
             compare = _adapter_pair(base, adapter, adapter_file)
         else:
             tuned = _Checkpoint(tuned_dir, stack)
-            tuned_names = set(tuned.names())
+            tuned_shapes = tuned.shapes()
             compare = _checkpoint_pair(base, tuned)
+        check_same_architecture(base_shapes, tuned_shapes, family)  # before any tensor is read
+        tuned_names = set(tuned_shapes)
         for name in sorted(base_names | tuned_names, key=_sort_key):
             row = {"tensor": name, "layer": layer_index(name), "module_type": module_type(name, family),
                    "family": family, "numel": None, "base_norm": None, "delta_norm": None,
@@ -246,12 +269,51 @@ def weight_table(base_dir: str | Path, tuned_dir: str | Path) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")
 
 
-def _shared(b_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, str | None]:
-    """The region both tensors have (None when their ranks differ) and a note when it is not all."""
+def _resized(name: str, b_shape: tuple[int, ...], t_shape: tuple[int, ...], family: str | None) -> bool:
+    """A resized vocabulary: an embedding or head whose shapes differ in the leading (vocabulary) axis only."""
+    return (module_type(name, family) in ("embed", "head") and len(b_shape) == len(t_shape) > 0
+            and b_shape[1:] == t_shape[1:])
+
+
+def check_same_architecture(base: dict[str, tuple[int, ...]], tuned: dict[str, tuple[int, ...]],
+                            family: str | None = None) -> None:
+    """Refuse two checkpoints of different architectures, naming the first tensor (in table order) that differs.
+
+    Allowed: equal shapes, a resized vocabulary, and a tensor outside the transformer
+    blocks (or a buffer-like "other" one inside them) present on one side only.
+    """
+    hint = "weight distances need two checkpoints of one architecture (the same base, fine-tuned)"
+    for name in sorted(base.keys() | tuned.keys(), key=_sort_key):
+        b, t = base.get(name), tuned.get(name)
+        if b is None or t is None:
+            if layer_index(name) is not None and module_type(name, family) != "other":
+                side, other = ("TUNED", "BASE") if b is None else ("BASE", "TUNED")
+                raise ModelError(f"BASE and TUNED have different tensors: {name} {(t or b)!s} is in {side}, "
+                                 f"not in {other}", hint=hint)
+        elif b != t and not _resized(name, b, t, family):
+            raise ModelError(f"BASE and TUNED differ in shape: {name} is {b} in BASE, {t} in TUNED", hint=hint)
+
+
+def _adapted_shapes(base: dict[str, tuple[int, ...]], adapter: _Adapter, adapter_file) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of base + adapter: replaced tensors take the adapter's shape; a LoRA
+    delta must fit the tensor it is added to (else a ModelError naming both shapes)."""
+    shapes = dict(base)
+    shapes.update((name, tuple(adapter_file.get_slice(key).get_shape())) for name, key in adapter.replaced.items())
+    for name, lora in adapter.loras.items():
+        out, inn = lora.B.shape[0], lora.A.shape[1]
+        delta = (inn, out) if lora.transpose else (out, inn)
+        if name in shapes and shapes[name] != delta:
+            raise ModelError(f"{adapter.folder}: adapter does not fit BASE: the LoRA delta of {name} is {delta}, "
+                             f"the tensor is {shapes[name]}", hint="pass the base model the adapter was trained on")
+        shapes.setdefault(name, delta)
+    return shapes
+
+
+def _shared(b_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> tuple[tuple[int, ...], str | None]:
+    """The region both tensors have (check_same_architecture allows only a resized
+    vocabulary to differ) and a note when it is not all."""
     if b_shape == t_shape:
         return b_shape, None
-    if len(b_shape) != len(t_shape):
-        return None, f"shape {b_shape} vs {t_shape}: not compared"
     shared = tuple(min(a, b) for a, b in zip(b_shape, t_shape))
     return shared, f"shape {b_shape} vs {t_shape}: compared the shared {shared}"
 
@@ -264,8 +326,6 @@ def _result(shape: tuple[int, ...], base_norm: float, delta_norm: float, note: s
 def _checkpoint_pair(base: _Checkpoint, tuned: _Checkpoint):
     def compare(name: str) -> dict:
         shape, note = _shared(base.shape(name), tuned.shape(name))
-        if shape is None:
-            return {"note": note}
         b_norm, d_norm = _norms(lambda i, j: base.block(name, i, j, shape),
                                 lambda i, j: tuned.block(name, i, j, shape), shape)
         return _result(shape, b_norm, d_norm, note)
@@ -278,13 +338,7 @@ def _adapter_pair(base: _Checkpoint, adapter: _Adapter, adapter_file):
         key = adapter.replaced.get(name)
         t_shape = tuple(adapter_file.get_slice(key).get_shape()) if key else b_shape
         shape, note = _shared(b_shape, t_shape)
-        if shape is None:
-            return {"note": note}
-        lora = adapter.loras.get(name)
-        if lora is not None:
-            out, inn = lora.B.shape[0], lora.A.shape[1]
-            if ((inn, out) if lora.transpose else (out, inn)) != t_shape:
-                raise ModelError(f"{adapter.folder}: the LoRA delta of {name} does not fit its shape {t_shape}")
+        lora = adapter.loras.get(name)  # its shape fits t_shape: checked by _adapted_shapes
         cols = tuple(slice(0, s) for s in shape[1:])
 
         def tuned_rows(i: int, j: int) -> torch.Tensor:
@@ -308,10 +362,18 @@ def _adapter_pair(base: _Checkpoint, adapter: _Adapter, adapter_file):
 
 
 def _family_of(folder: Path) -> str | None:
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+    """The architecture family named by config.json; None without one. A broken config.json is refused:
+    it is the sign of a broken folder, whose weights should not be trusted either."""
+    path = folder / "config.json"
+    if not path.is_file():
         return None
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:200]})",
+                         hint="save the model again (save_pretrained writes config.json)") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: not a JSON object", hint="save the model again (save_pretrained writes config.json)")
     model_type = cfg.get("model_type")
     if model_type is None and isinstance(cfg.get("text_config"), dict):
         model_type = cfg["text_config"].get("model_type")

@@ -149,21 +149,48 @@ def test_resized_embeddings_compare_shared_rows(pair, tmp_path):
     assert any("embed_tokens" in n for n in weight_summary(table)["notes"])
 
 
-def test_rank_change_is_noted_not_compared(pair, tmp_path):
+def test_tensors_outside_the_blocks_on_one_side_are_noted(pair, tmp_path):
     from safetensors.torch import save_file
 
     root, base, tuned = pair
     odd = dict(tuned)
-    odd["model.norm.weight"] = odd["model.norm.weight"].reshape(4, 8).contiguous()
-    del odd["lm_head.weight"]
+    del odd["lm_head.weight"]  # e.g. tied on one side, untied on the other
     odd["extra.weight"] = torch.ones(3)
     (tmp_path / "odd").mkdir()
     save_file(odd, str(tmp_path / "odd" / "model.safetensors"))
     rows = {r["tensor"]: r for r in weight_table(root / "base", tmp_path / "odd").iter_rows(named=True)}
-    assert rows["model.norm.weight"]["note"].endswith("not compared") and rows["model.norm.weight"]["rel_change"] is None
     assert rows["lm_head.weight"]["note"] == "only in base" and rows["lm_head.weight"]["numel"] == 100 * 32
     assert rows["extra.weight"]["note"] == "only in tuned"
     assert rows["model.layers.0.self_attn.q_proj.weight"]["rel_change"] > 0
+
+
+def _saved(tmp_path, name: str, tensors: dict) -> object:
+    from safetensors.torch import save_file
+
+    (tmp_path / name).mkdir()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / name / "model.safetensors"))
+    return tmp_path / name
+
+
+def test_models_of_another_shape_are_refused_naming_the_tensor(pair, tmp_path):
+    """Before: "21 of 21 tensors changed" on two unrelated architectures."""
+    root, base, _ = pair
+    narrow = tf.LlamaForCausalLM(tf.LlamaConfig(**{**LLAMA, "hidden_size": 16, "intermediate_size": 32}))
+    narrow.save_pretrained(tmp_path / "narrow")
+    with pytest.raises(ModelError, match=r"model\.embed_tokens\.weight is \(100, 32\) in BASE, \(100, 16\) in TUNED"):
+        weight_table(root / "base", tmp_path / "narrow")
+    reshaped = _saved(tmp_path, "reshaped", {**base, "model.norm.weight": base["model.norm.weight"].reshape(4, 8)})
+    with pytest.raises(ModelError, match=r"model\.norm\.weight is \(32,\) in BASE, \(4, 8\) in TUNED"):
+        weight_table(root / "base", reshaped)
+
+
+def test_another_depth_is_refused_naming_the_missing_tensor(pair, tmp_path):
+    root, base, _ = pair
+    shallow = _saved(tmp_path, "shallow", {k: v for k, v in base.items() if ".layers.1." not in k})
+    with pytest.raises(ModelError, match=r"model\.layers\.1\.input_layernorm\.weight \(32,\) is in BASE, not in TUNED"):
+        weight_table(root / "base", shallow)
+    with pytest.raises(ModelError, match=r"model\.layers\.1\.input_layernorm\.weight \(32,\) is in TUNED, not in BASE"):
+        weight_table(shallow, root / "base")
 
 
 def test_bf16_files_accumulate_in_float64(tmp_path):
@@ -187,6 +214,27 @@ def test_missing_folder_is_a_model_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="no \\*.safetensors"):
         weight_table(tmp_path / "empty", tmp_path / "empty")
+
+
+def test_broken_files_are_model_errors(pair, tmp_path):
+    """A truncated or corrupted safetensors file and an invalid config.json: before, a
+    SafetensorError traceback and a table computed as if nothing were wrong."""
+    import shutil
+
+    root, _, _ = pair
+    for name, damage in {"truncated": lambda b: b[: len(b) // 2], "garbage": lambda b: b"\xff" * 64 + b[64:]}.items():
+        broken = tmp_path / name
+        shutil.copytree(root / "tuned", broken)
+        (broken / "model.safetensors").write_bytes(damage((broken / "model.safetensors").read_bytes()))
+        for base_dir, tuned_dir in ((root / "base", broken), (broken, root / "base")):
+            with pytest.raises(ModelError, match=f"{name}/model.safetensors: not a readable safetensors file"):
+                weight_table(base_dir, tuned_dir)
+    bad = tmp_path / "bad-config"
+    shutil.copytree(root / "tuned", bad)
+    (bad / "config.json").write_text("{not json")
+    for base_dir, tuned_dir in ((root / "base", bad), (bad, root / "base")):
+        with pytest.raises(ModelError, match="config.json: not valid JSON"):
+            weight_table(base_dir, tuned_dir)
 
 
 # --- LoRA adapters ----------------------------------------------------------------
@@ -263,4 +311,25 @@ def test_dora_adapter_is_refused(tmp_path):
     config = peft.LoraConfig(r=2, target_modules=["q_proj"], use_dora=True)
     base_dir, adapter_dir, _, _ = _adapt(tiny_llama(), tmp_path, config)
     with pytest.raises(ModelError, match="DoRA"):
+        weight_table(base_dir, adapter_dir)
+
+
+def test_adapter_for_another_base_names_the_delta_and_tensor_shapes(tmp_path):
+    config = peft.LoraConfig(r=2, target_modules=["q_proj"])
+    _, adapter_dir, _, _ = _adapt(tf.LlamaForCausalLM(tf.LlamaConfig(**{**LLAMA, "hidden_size": 16})), tmp_path, config)
+    tiny_llama().save_pretrained(tmp_path / "wide")
+    with pytest.raises(ModelError, match=r"LoRA delta of model\.layers\.0\.self_attn\.q_proj\.weight is \(16, 16\), "
+                                         r"the tensor is \(32, 32\)"):
+        weight_table(tmp_path / "wide", adapter_dir)
+
+
+def test_adapter_folders_that_weights_cannot_read_are_refused(tmp_path):
+    from safetensors.torch import load_file
+
+    base_dir, adapter_dir, _, _ = _adapt(tiny_llama(), tmp_path, peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ModelError, match="is a PEFT adapter, not a full checkpoint"):
+        weight_table(adapter_dir, base_dir)
+    torch.save(load_file(str(adapter_dir / "adapter_model.safetensors")), adapter_dir / "adapter_model.bin")
+    (adapter_dir / "adapter_model.safetensors").unlink()
+    with pytest.raises(ModelError, match=r"no adapter_model.safetensors in .* \(only adapter_model.bin, a pickle\)"):
         weight_table(base_dir, adapter_dir)
