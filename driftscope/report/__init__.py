@@ -31,15 +31,32 @@ def run_title(result) -> str:
     return str(name)
 
 
+def _model(m: dict) -> str:
+    """A model's label, its path on hover (the full paths are in the provenance block)."""
+    return f'<b title="{esc(m.get("path", ""))}">{esc(m.get("label", "?"))}</b>'
+
+
+def _subtitle(summary: dict, meta: dict) -> str:
+    models = summary.get("models", {})
+    tuned = ", ".join(_model(t) for t in models.get("tuned", []))
+    suites = ", ".join(str(s.get("name")) for s in summary.get("suites", []))
+    return (f'<div class="sub">{_model(models.get("base", {"label": "base"}))} vs {tuned or "?"}'
+            f" on {esc(suites or 'no suites')}" + (f" · {esc(meta['created'])}" if meta.get("created") else "") + "</div>")
+
+
 def render_report(result, compress_js: bool = True) -> str:
-    """A DriftResult (as read by DriftResult.from_dir) -> the report's HTML text."""
-    summary, tables, meta = result.summary, result.tables, result.meta
+    """A DriftResult (in memory, or as read by DriftResult.from_dir) -> the report's HTML text."""
+    from driftscope.result import clean
+
+    # summary.json and meta.json hold their numbers as clean() writes them: drawing from the same
+    # values makes the report compare writes identical to one rebuilt from the run folder.
+    summary, tables, meta = clean(result.summary), result.tables, clean(result.meta)
     charts = Charts()
     labels = S.F.labels_of(summary)
     items = explorer_data(tables.get("items"), labels)
     parts = {
         "headline": S.headline(summary, meta),
-        "suites": S.suites_section(summary),
+        "suites": S.suites_section(summary, tables.get("items")),
         "drift": S.drift_section(summary, tables.get("positions"), charts),
         "classes": S.classes_section(summary, tables.get("classes"), charts),
         "movers": S.movers_section(summary, tables.get("tokens")),
@@ -52,12 +69,8 @@ def render_report(result, compress_js: bool = True) -> str:
         if corr and parts["suites"]:
             parts["suites"] = parts["suites"].replace("</section>", corr + "</section>")
     nav = [(a, t) for a, t in SECTIONS if parts[a]]
-    base = S.F.get(summary, "models", "base", "path", default="base")
-    tuned = ", ".join(str(t.get("path", t.get("label"))) for t in S.F.get(summary, "models", "tuned", default=[]))
-    suites = ", ".join(str(s.get("name")) for s in summary.get("suites", []))
     title = run_title(result)
-    header = (f"<h1>driftscope: {esc(title)}</h1><div class=\"sub\"><b>{esc(base)}</b> vs <b>{esc(tuned)}</b>"
-              f" on {esc(suites or 'no suites')}" + (f" · {esc(meta['created'])}" if meta.get("created") else "") + "</div>")
+    header = f"<h1>driftscope: {esc(title)}</h1>" + _subtitle(summary, meta)
     body = "".join(parts[a] for a, _ in SECTIONS)
     footer = ('<footer>Drawn from summary.json and tables/*.parquet of this run; rebuild with '
               "<code>driftscope report RUN_DIR</code>.</footer>")

@@ -49,8 +49,13 @@ td.bad{color:var(--loss);font-weight:600}td.good{color:var(--stable);font-weight
 .bar.up{background:#4c78a8}.bar.down{background:#e45756}
 .wide{overflow-x:auto;max-width:100%}
 td.nowrap{white-space:nowrap}
+table.suites{width:100%}
+table.suites thead th{white-space:normal;vertical-align:bottom}
+table.suites td.ci{text-align:right;font-variant-numeric:tabular-nums;white-space:pre}
+table.suites td.shifts{min-width:9em}
 td.v-stable{color:var(--stable);font-weight:600}td.v-output-bias{color:var(--bias);font-weight:600}
 td.v-knowledge-loss{color:var(--loss);font-weight:600}td.v-mixed{color:var(--mixed);font-weight:600}
+td[class^="v-"]{border-color:var(--line)}
 .row{display:flex;gap:24px;flex-wrap:wrap}.row>div{flex:1 1 420px;min-width:0}
 .ds-chart{width:100%;min-height:120px}
 .scroll{overflow:auto;max-height:720px;border:1px solid var(--line);border-radius:6px}

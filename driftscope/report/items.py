@@ -1,8 +1,7 @@
 """The items explorer: the items table -> capped, worst-first rows for the page.
 
-Columns are found by name and type, so the explorer shows correctness and the
-models' answers once the items table carries them (correct_base/correct_tuned,
-pred_*, generation_*, ...), and simply leaves them out before.
+Columns are those of the items table (README "A run on disk"); the answers and
+their correctness appear when the run decoded them (not with --no-accuracy).
 """
 
 from __future__ import annotations
@@ -17,21 +16,18 @@ MAX_ROWS = 2000  # worst items embedded; the full table stays in tables/items.pa
 MAX_PROMPT = 600  # characters of a prompt embedded
 MAX_TEXT = 300  # characters of an answer or generation embedded
 
-KNOWN_TEXT = ("prompt", "answer")
-HIDDEN = {"checkpoint", "suite", "probe_id", "probe_index", "prompt", "answer", "n_prompt_tokens", "truncated_tokens",
-          "n_positions", "logp_answer", "logq_answer"}
+IDS = (("suite", "suite"), ("probe_id", "id"))
+TEXTS = (("prompt", "prompt"), ("answer", "gold answer"), ("base_answer", "base answer"), ("tuned_answer", "tuned answer"),
+         ("corrected_answer", "corrected answer"), ("base_choice", "base choice"), ("tuned_choice", "tuned choice"))
+BOOLS = (("base_correct", "base correct"), ("tuned_correct", "tuned correct"), ("corrected_correct", "corrected correct"),
+         ("base_choice_correct", "base choice correct"), ("tuned_choice_correct", "tuned choice correct"),
+         ("top1_agree_next", "top-1 agrees"))
 NUMBERS = (("kl_next", "KL next", "KL(base‖tuned) at the position after the prompt"),
            ("kl_mean", "KL mean", "mean KL over the item's scored positions"),
            ("js_next", "JS next", "Jensen-Shannon at the next position"),
            ("numeric_shift_next", "numeric shift", "tuned minus base numeric-token mass at the next position"),
            ("dlogp_answer", "Δ log p(answer)", "log q(answer) − log p(answer), teacher-forced"))
-
-
-def _correct_col(cols: list[str], who: str) -> str | None:
-    for name in (f"correct_{who}", f"{who}_correct", f"is_correct_{who}", f"correct_{who}_mc", f"correct_{who}_gen"):
-        if name in cols:
-            return name
-    return None
+CHANGE = ("correct_change", "correctness", "tuned vs base greedy answer: lost, gained or same")
 
 
 def _clip(text, limit: int) -> tuple[str | None, bool]:
@@ -53,31 +49,24 @@ def explorer_data(items: pl.DataFrame, labels: list[str], max_rows: int = MAX_RO
     """Columns, rows (worst first, at most max_rows) and what was left out."""
     if items is None or items.height == 0:
         return None
-    cols = items.columns
+    cols = set(items.columns)
     df = items
-    if {"logp_answer", "logq_answer"} <= set(cols):
+    if {"logp_answer", "logq_answer"} <= cols:
         df = df.with_columns((pl.col("logq_answer") - pl.col("logp_answer")).alias("dlogp_answer"))
-    base_c, tuned_c = _correct_col(cols, "base"), _correct_col(cols, "tuned")
-    change = next((c for c in ("correct_change", "correctness_change") if c in cols), None)
-    if change is None and base_c and tuned_c:
-        df = df.with_columns((pl.col(tuned_c).cast(pl.Int8) - pl.col(base_c).cast(pl.Int8)).alias("correct_change"))
-        change = "correct_change"
+    change = None
+    if {"base_correct", "tuned_correct"} <= cols:
+        change = CHANGE[0]
+        df = df.with_columns((pl.col("tuned_correct").cast(pl.Int8) - pl.col("base_correct").cast(pl.Int8)).alias(change))
 
     several = "checkpoint" in cols and df["checkpoint"].n_unique() > 1
-    spec: list[dict] = []
-    if several:
-        spec.append({"key": "checkpoint", "label": "checkpoint", "type": "id"})
-    spec += [{"key": k, "label": lb, "type": "id"} for k, lb in (("suite", "suite"), ("probe_id", "id")) if k in cols]
-    spec += [{"key": k, "label": "gold answer" if k == "answer" else k, "type": "text"} for k in KNOWN_TEXT if k in cols]
-    # the models' answers or generations: every other text column
-    spec += [{"key": c, "label": c.replace("_", " "), "type": "text"}
-             for c, t in df.schema.items() if t == pl.String and c not in HIDDEN and c not in ("checkpoint",)]
-    spec += [{"key": c, "label": c.replace("_", " "), "type": "bool"} for c in (base_c, tuned_c) if c]
+    spec: list[dict] = [{"key": "checkpoint", "label": "checkpoint", "type": "id"}] if several else []
+    spec += [{"key": k, "label": lb, "type": "id"} for k, lb in IDS if k in cols]
+    spec += [{"key": k, "label": lb, "type": "text"} for k, lb in TEXTS if k in cols]
+    spec += [{"key": k, "label": lb, "type": "bool"} for k, lb in BOOLS[:5] if k in cols]
     if change:
-        spec.append({"key": change, "label": "correctness", "type": "change", "help": "tuned vs base: lost, gained or same"})
+        spec.append({"key": change, "label": CHANGE[1], "type": "change", "help": CHANGE[2]})
     spec += [{"key": k, "label": lb, "type": "num", "help": h} for k, lb, h in NUMBERS if k in df.columns]
-    spec += [{"key": c, "label": c.replace("_", " "), "type": "bool"} for c, t in df.schema.items()
-             if t == pl.Boolean and c not in HIDDEN and c not in (base_c, tuned_c) and all(s["key"] != c for s in spec)]
+    spec += [{"key": k, "label": lb, "type": "bool"} for k, lb in BOOLS[5:] if k in cols]
 
     order = [pl.col(change).fill_null(0)] if change else []
     desc = [False] if change else []

@@ -11,6 +11,7 @@ import re
 import polars as pl
 
 from driftscope.report import figures as F
+from driftscope.report import where as W
 from driftscope.report.html import Cell, Charts, esc, fmt, num, section, table, visible
 
 STATS = (("mean", "mean"), ("se", "se"), ("median", "median"), ("p90", "p90"), ("p95", "p95"),
@@ -85,7 +86,8 @@ def headline(summary: dict, meta: dict) -> str:
     parts = []
     for c in summary.get("checkpoints", []):
         f = c.get("figures", {})
-        parts.append(f'<div class="ckpt"><h3>{esc(c.get("label"))} <span class="note">{esc(c.get("path", ""))}</span></h3>'
+        kind = f' <span class="note">{esc(c["kind"])}</span>' if c.get("kind") else ""
+        parts.append(f'<div class="ckpt"><h3 title="{esc(c.get("path", ""))}">{esc(c.get("label"))}{kind}</h3>'
                      f"{verdict_box(f)}{headline_cards(f)}</div>")
     return section("headline", "Verdict and headline", "".join(parts) + "<h3>What produced these figures</h3>" + run_facts(summary, meta))
 
@@ -96,41 +98,67 @@ def _class_shifts(sf: dict, top: int = 2) -> str:
     return ", ".join(f"{k} {fmt(v, pct=True, signed=True)}" for k, v in shifts) or "—"
 
 
-def suites_section(summary: dict) -> str:
+def shared_prompts(items: pl.DataFrame | None) -> list[tuple[list[str], int]]:
+    """Groups of suites that ask exactly the same prompts (e.g. a free-answer and a
+    multiple-choice version of the same questions), with the number of prompts."""
+    if items is None or items.height == 0 or not {"checkpoint", "suite", "prompt"} <= set(items.columns):
+        return []
+    first = items.filter(pl.col("checkpoint") == items["checkpoint"][0])
+    sets: dict[frozenset, list[str]] = {}
+    for suite in first["suite"].unique(maintain_order=True).to_list():
+        sets.setdefault(frozenset(first.filter(pl.col("suite") == suite)["prompt"].to_list()), []).append(str(suite))
+    return [(names, len(prompts)) for prompts, names in sets.items() if len(names) > 1]
+
+
+def _pairing_note(groups: list[tuple[list[str], int]]) -> str:
+    if not groups:
+        return ""
+    lines = "; ".join(f"{' and '.join(names)} ask the same {n} prompt{'s' if n != 1 else ''}" for names, n in groups)
+    return (f'<p class="note">{esc(lines)} (for example a free-answer and a multiple-choice version of the same questions). '
+            "Drift is measured on the prompt and its gold answer, so their drift columns match wherever the gold answers "
+            "do; what tells them apart is how an answer is scored (free text or among choices). The column "
+            "\u201csame prompts as\u201d marks them.</p>")
+
+
+def suites_section(summary: dict, items: pl.DataFrame | None = None) -> str:
     pairs = [(c, s, sf) for c in summary.get("checkpoints", []) for s, sf in F.get(c, "figures", "suites", default={}).items()]
     if not pairs:
         return ""
+    groups = shared_prompts(items)
+    twin = {s: [o for o in names if o != s] for names, _ in groups for s in names}
     has_acc = any(F.value(F.get(sf, "accuracy_change")) is not None for _, _, sf in pairs)
     has_verdict = any(F.get(sf, "verdict") for _, _, sf in pairs)
     several = len(summary.get("checkpoints", [])) > 1
-    headers = (["checkpoint"] if several else []) + ["suite", "probes"]
+    headers = (["checkpoint"] if several else []) + ["suite", "probes"] + (["same prompts as"] if twin else [])
     if has_acc:
-        headers += ["acc. base", "acc. tuned", "change", "95% CI", "McNemar p", "recovered"]
+        headers += ["acc. base", "acc. tuned", "change (95% CI)", "McNemar p", "recovered"]
     headers += ["KL mean", "KL p99", "top-1 agree", "numeric shift", "class shifts", "between share"]
     headers += ["verdict"] if has_verdict else []
     rows = []
     for c, s, sf in pairs:
         row = ([c.get("label")] if several else []) + [s, num(F.get(sf, "n_probes"))]
+        row += [", ".join(twin.get(s, [])) or "—"] if twin else []
         if has_acc:
             lo, hi = F.ci(sf)
             row += [num(F.get(sf, "accuracy_base"), pct=True), num(F.get(sf, "accuracy_tuned"), pct=True),
-                    num(F.get(sf, "accuracy_change"), pct=True, signed=True),
-                    Cell(f"{fmt(lo, pct=True, signed=True)} … {fmt(hi, pct=True, signed=True)}" if lo is not None else "—", lo, "num"),
+                    Cell(fmt(F.get(sf, "accuracy_change"), pct=True, signed=True)
+                         + (f"\n({lo * 100:+.1f} … {hi * 100:+.1f})" if lo is not None and hi is not None else ""),
+                         F.value(F.get(sf, "accuracy_change")), "ci"),
                     num(F.get(sf, "mcnemar_p"), digits=2), num(F.get(sf, "recovered"), pct=True)]
         row += [num(F.get(sf, "kl", "mean")), num(F.get(sf, "kl", "p99")), num(F.get(sf, "top1_agreement"), pct=True),
-                num(F.get(sf, "classes", "numeric", "shift"), pct=True, signed=True), Cell(_class_shifts(sf), None, "nowrap"),
+                num(F.get(sf, "classes", "numeric", "shift"), pct=True, signed=True), Cell(_class_shifts(sf), None, "shifts"),
                 num(F.get(sf, "kl_split", "between_share"), pct=True)]
         if has_verdict:
             v = F.get(sf, "verdict")
             row.append(Cell(str(v) if v else "—", None, verdict_class(v)))
         rows.append(row)
     lead = "One row per suite" + (" and checkpoint" if several else "") + "; click a header to sort."
-    return section("suites", "Per suite", table(headers, rows), lead)
+    return section("suites", "Per suite", table(headers, rows, cls="sortable suites") + _pairing_note(groups), lead)
 
 
 def drift_section(summary: dict, positions: pl.DataFrame | None, charts: Charts) -> str:
     labels = F.labels_of(summary)
-    hist = charts.add("kl-hist", F.kl_histogram(positions, labels))
+    hist = charts.add("kl-ecdf", F.kl_ecdf(positions, labels))
     rows = []
     for c in summary.get("checkpoints", []):
         for metric, name in (("kl", "KL(base‖tuned)"), ("kl_reverse", "KL(tuned‖base)"), ("js", "JS")):
@@ -169,7 +197,7 @@ def movers_section(summary: dict, tokens: pl.DataFrame | None, top: int = 20) ->
     if tokens is None or tokens.height == 0 or not need <= set(tokens.columns):
         return ""
     parts = []
-    for lb, df in F._checkpoint_groups(tokens, F.labels_of(summary)):
+    for lb, df in F.checkpoint_groups(tokens, F.labels_of(summary)):
         biggest = max((abs(F.value(d) or 0) for d in df["delta"].to_list()), default=0) or 1
         halves = []
         for direction, title in (("gain", "gained most"), ("loss", "lost most")):
@@ -193,14 +221,15 @@ def movers_section(summary: dict, tokens: pl.DataFrame | None, top: int = 20) ->
 
 def layers_section(summary: dict, tables: dict[str, pl.DataFrame], charts: Charts) -> str:
     labels = F.labels_of(summary)
-    parts = [charts.add("layers", F.layer_lines(tables.get("layers"), labels)),
-             charts.add("components", F.component_heatmap(tables.get("components"), labels)),
-             charts.add("weights", F.weight_heatmap(tables.get("weights"), labels))]
+    parts = [charts.add("layers", W.layer_lines(tables.get("layers"), labels)),
+             charts.add("components", W.component_heatmap(tables.get("components"), labels)),
+             charts.add("weights", W.weight_heatmap(tables.get("weights"), labels))]
     if not any(parts):
         return ""
     return section("layers", "Layers, components and weights", "".join(parts),
-                   "Where in the network the tuned model differs: residual stream and logit lens per layer, "
-                   "attention and MLP outputs, and the relative change of the weights.")
+                   "Where in the network the tuned model differs: the residual stream and the logit lens per layer, "
+                   "the change of each attention and MLP block's direct contribution to the logits (one colour scale "
+                   "for all checkpoints), and the relative change of the weights (colour scaled per checkpoint).")
 
 
 def correlations(summary: dict) -> str:
@@ -227,5 +256,6 @@ def checkpoints_section(summary: dict, charts: Charts) -> str:
     if not trend:
         return ""
     scatter = charts.add("drift-acc", F.drift_vs_accuracy(summary))
+    _, _, how = F.checkpoint_order(F.labels_of(summary))
     return section("checkpoints", "Along the checkpoints", trend + scatter + correlations(summary),
-                   "Drift and accuracy for each tuned checkpoint of the run, in the order given.")
+                   f"Drift and accuracy for each tuned checkpoint of the run, {how}.")
