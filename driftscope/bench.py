@@ -138,13 +138,12 @@ def counting_finetune(base: Path, dest: Path, steps: int = 40, lr: float = 5e-5,
 
 def smollm_pair(dest: Path, gguf: Path | None = None, steps: int = 40, log=print) -> tuple[Path, Path]:
     """The benchmark's models: dest/base (SmolLM2-135M-Instruct as a float32 folder)
-    and dest/counting (its counting fine-tune), built in a temporary folder and
+    and dest/counting (its counting fine-tune), each built in a temporary folder and
     renamed into place, so an interrupted build leaves nothing half-written."""
     import importlib.util
-    import shutil
-    import tempfile
 
     from driftscope.errors import DriftscopeError
+    from driftscope.result import atomic_path
 
     gguf = gguf or find_smollm_gguf()
     if gguf is None or not Path(gguf).is_file():
@@ -155,17 +154,11 @@ def smollm_pair(dest: Path, gguf: Path | None = None, steps: int = 40, log=print
     dest = Path(dest)
     if (dest / "base").exists() or (dest / "counting").exists():
         raise DriftscopeError(f"{dest} already holds base/ or counting/", "pick another folder or remove them")
-    dest.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".building-", dir=dest))
-    try:
+    with atomic_path(dest / "base", folder=True) as base, atomic_path(dest / "counting", folder=True) as counting:
         log(f"converting {gguf.name}")
-        gguf_to_folder(Path(gguf), work / "base")
+        gguf_to_folder(Path(gguf), base)
         log(f"fine-tuning on counting ({steps} steps)")
-        counting_finetune(work / "base", work / "counting", steps=steps, log=log)
-        for name in ("base", "counting"):
-            (work / name).rename(dest / name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        counting_finetune(base, counting, steps=steps, log=log)
     return dest / "base", dest / "counting"
 
 
@@ -227,10 +220,15 @@ def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtyp
     """One row per size. With repeat > 1 every size runs that many times (each pass
     in a fresh process, sizes interleaved) and a row holds the medians, plus the
     range of the drift pass's peak: the allocator makes a peak vary from run to run,
-    and a change between sizes means something only beyond that range."""
+    and a change between sizes means something only beyond that range. The probe
+    files go to `work`, or to a temporary folder removed at the end."""
     import tempfile
 
-    work = Path(work or tempfile.mkdtemp(prefix="driftscope-bench-"))
+    if work is None:
+        with tempfile.TemporaryDirectory(prefix="driftscope-bench-") as tmp:
+            return run_bench(base, tuned, sizes, batch_size, device, dtype, Path(tmp), log, accuracy, repeat,
+                             mmap_threshold_kb)
+    work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     env = {"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold_kb * 1024)} if mmap_threshold_kb else None
     runs: dict[int, list[dict]] = {n: [] for n in sizes}

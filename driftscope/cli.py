@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -26,25 +27,41 @@ out = Console()
 err = Console(stderr=True)
 
 
+def esc(value) -> str:
+    """User text (paths, names, reasons) printed as is: rich would read [x] as markup."""
+    return escape(str(value))
+
+
 def friendly(fn):
-    """Turn a DriftscopeError into one line on stderr and its exit code."""
+    """Turn a DriftscopeError into one line on stderr and its exit code; Ctrl-C
+    into one line saying what was written (when the command knows)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from driftscope.errors import DriftscopeError
+        from driftscope.errors import DriftscopeError, Interrupted
 
         try:
             return fn(*args, **kwargs)
         except DriftscopeError as e:
-            err.print(f"[bold red]error:[/] {e.reason}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {esc(e.reason)}", highlight=False, soft_wrap=True)
             if e.hint:
-                err.print(f"  {e.hint}", highlight=False, soft_wrap=True)
+                err.print(f"  {esc(e.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code)
-        except KeyboardInterrupt:
-            err.print("interrupted: nothing was written")
+        except KeyboardInterrupt as e:
+            err.print(f"interrupted: {esc(e.written)}" if isinstance(e, Interrupted) else "interrupted",
+                      highlight=False, soft_wrap=True)
             raise typer.Exit(130)
 
     return wrapper
+
+
+def check_outputs(**paths: Path | None) -> None:
+    """Before any work: each --flag FILE given can be written (not a folder, not read-only)."""
+    from driftscope.result import check_writable
+
+    for flag, path in paths.items():
+        if path is not None:
+            check_writable(path, flag=f"--{flag.replace('_', '-')}")
 
 
 def parse_classes(specs: list[str]) -> dict[str, str]:
@@ -90,26 +107,36 @@ def compare(
 
     import driftscope
 
+    from driftscope.errors import Interrupted
+
     thresholds = driftscope.Thresholds.from_pairs(dict(kv.partition("=")[::2] for kv in verdict or []))
     if gates:
         from driftscope.gates import load_gates
 
         load_gates(gates)  # a broken gates file fails before the models run
+    check_outputs(junit=junit, markdown=markdown)  # and so does an unwritable output (--out: in compare)
+    # No bar when stderr is not a terminal: there a transient bar leaves an empty line before any error.
     with Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("scoring", total=None)
-        result = driftscope.compare(
-            base, tuned, probes, classes=parse_classes(cls or []), out=out_dir, name=name, overwrite=overwrite,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-            device=device, dtype=dtype, batch_size=batch_size, max_length=max_length,
-            chat_template=chat_template, seed=seed, allow_pickle=allow_pickle, thresholds=thresholds,
-            html=not no_html, weights=not no_weights, layers=not no_layers, accuracy=not no_accuracy,
-        )
-    print_headline(result)
-    out.print(f"run written to [bold]{result.path}[/]" + ("" if no_html else f" (open {result.path / 'report.html'})"),
-              highlight=False)
-    if gates:
-        raise typer.Exit(_gate(result.path, gates, None, junit, markdown))
+        try:
+            result = driftscope.compare(
+                base, tuned, probes, classes=parse_classes(cls or []), out=out_dir, name=name, overwrite=overwrite,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                device=device, dtype=dtype, batch_size=batch_size, max_length=max_length,
+                chat_template=chat_template, seed=seed, allow_pickle=allow_pickle, thresholds=thresholds,
+                html=not no_html, weights=not no_weights, layers=not no_layers, accuracy=not no_accuracy,
+            )
+        except KeyboardInterrupt as e:  # the run folder appears whole or not at all (DriftResult.to_dir)
+            raise e if isinstance(e, Interrupted) else Interrupted("nothing was written") from None
+    try:
+        print_headline(result)
+        out.print(f"run written to [bold]{esc(result.path)}[/]"
+                  + ("" if no_html else f" (open {esc(result.path / 'report.html')})"), highlight=False)
+        if gates:
+            raise typer.Exit(_gate(result.path, gates, None, junit, markdown))
+    except KeyboardInterrupt:
+        raise Interrupted(f"the run was written to {result.path}" + (", but not gated" if gates else "")) from None
 
 
 def _gate(run_dir: Path, spec: str, checkpoint: str | None, junit: Path | None, markdown: Path | None) -> int:
@@ -117,14 +144,15 @@ def _gate(run_dir: Path, spec: str, checkpoint: str | None, junit: Path | None, 
     from driftscope.gates_io import exit_code, outcome, to_junit, to_markdown, to_text, write_gate_files
     from driftscope.result import atomic_write
 
+    check_outputs(junit=junit, markdown=markdown)
     summary = read_summary(run_dir)
     table = evaluate(summary, spec, checkpoint)
     write_gate_files(run_dir, table, str(spec))
     if junit:
-        atomic_write(junit, to_junit(table))
+        atomic_write(junit, to_junit(table), flag="--junit")
     if markdown:
-        atomic_write(markdown, to_markdown(table, summary))
-    out.print(to_text(table), highlight=False, soft_wrap=True)
+        atomic_write(markdown, to_markdown(table, summary), flag="--markdown")
+    out.print(esc(to_text(table)), highlight=False, soft_wrap=True)
     code = exit_code(table)
     style = {0: "green", 1: "red", 3: "magenta"}[code]
     out.print(f"[{style}]gates {outcome(table)}[/] (exit {code})")
@@ -140,7 +168,15 @@ def gate(
     junit: Annotated[Optional[Path], typer.Option(help="Write JUnit XML here.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write a Markdown summary here.")] = None,
 ):
-    """Check a saved run against release gates: exit 0 pass, 1 fail, 3 inconclusive."""
+    """Check a saved run against release gates: exit 0 pass, 1 fail, 3 inconclusive, 2 bad input.
+
+    A gates file is TOML. An optional first line extends = "default" starts from
+    the built-in preset; then one \\[\\[gate]] table per rule, with figure (a figure
+    of summary.json: kl.p99, classes.numeric.shift, verdict...; per suite as
+    suites.NAME.FIGURE or suites.*.FIGURE), exactly one of at_most or at_least
+    (a number) or one_of or none_of (a list of verdicts), and optionally name and
+    message. Example, and every figure: the README's section "Release gates in CI".
+    """
     raise typer.Exit(_gate(run_dir, gates, checkpoint, junit, markdown))
 
 
@@ -157,9 +193,9 @@ def report(
     if run_dir is None and index is None:
         raise DriftscopeError("nothing to do", "pass RUN_DIR, or --index REPORTS_DIR")
     if run_dir is not None:
-        out.print(f"wrote {write_report(run_dir)}", highlight=False)
+        out.print(f"wrote {esc(write_report(run_dir))}", highlight=False)
         index = index or run_dir.parent
-    out.print(f"wrote {write_index(index)}", highlight=False)
+    out.print(f"wrote {esc(write_index(index))}", highlight=False)
 
 
 @app.command()
@@ -171,8 +207,10 @@ def weights(
 ):
     """Relative weight change per tensor, layer and module type (no forward pass)."""
     from driftscope.models import checkpoint_kind
+    from driftscope.result import atomic_write
     from driftscope.weights import weight_summary, weight_table
 
+    check_outputs(parquet=parquet)
     checkpoint_kind(base)
     checkpoint_kind(tuned)
     wt = weight_table(base, tuned)
@@ -183,7 +221,7 @@ def weights(
     for col in ("module", "tensors", "rel. change", "max"):
         table.add_column(col, justify="left" if col == "module" else "right")
     for v in ws["by_module_type"]:
-        table.add_row(v["module_type"], str(v["n_tensors"]), _fmt(v["rel_change"], ".4g"), _fmt(v["max_rel_change"], ".4g"))
+        table.add_row(esc(v["module_type"]), str(v["n_tensors"]), _fmt(v["rel_change"], ".4g"), _fmt(v["max_rel_change"], ".4g"))
     out.print(table)
     table = Table(title="by layer", title_justify="left")
     for col in ("layer", "tensors", "rel. change"):
@@ -192,8 +230,8 @@ def weights(
         table.add_row(str(v["layer"]), str(v["n_tensors"]), _fmt(v["rel_change"], ".4g"))
     out.print(table)
     if parquet:
-        wt.write_parquet(parquet)
-        out.print(f"wrote {parquet}", highlight=False)
+        atomic_write(parquet, wt.write_parquet, flag="--parquet")
+        out.print(f"wrote {esc(parquet)}", highlight=False)
 
 
 def _fmt(x, spec=".4f", signed=False) -> str:
@@ -211,31 +249,31 @@ def print_headline(result) -> None:
         f = c["figures"]
         style = VERDICT_STYLE.get(f.get("verdict"), "bold")
         prefix = f"{c['label']}: " if len(result.checkpoints) > 1 else ""
-        out.print(f"[{style}]{prefix}{f.get('verdict_sentence', '')}[/]", highlight=False, soft_wrap=True)
+        out.print(f"[{style}]{esc(prefix)}{esc(f.get('verdict_sentence', ''))}[/]", highlight=False, soft_wrap=True)
     table = Table(title="drift against the base", title_justify="left")
     for col in ("checkpoint", "verdict", "acc. change", "recovered", "KL mean", "KL p99", "top-1 agree", "numeric shift"):
         table.add_column(col, justify="left" if col in ("checkpoint", "verdict") else "right")
     for c in result.checkpoints:
         f = c["figures"]
         change = f.get("accuracy_change")
-        table.add_row(c["label"], f.get("verdict", "-"), _fmt(None if change is None else change * 100, "+.1f"),
+        table.add_row(esc(c["label"]), esc(f.get("verdict", "-")), _fmt(None if change is None else change * 100, "+.1f"),
                       _fmt(f.get("recovered"), ".0%"), _fmt(f["kl"]["mean"]), _fmt(f["kl"]["p99"]),
                       _fmt(f["top1_agreement"], ".1%"), _fmt(f["classes"]["numeric"]["shift"], ".3f", True))
     out.print(table)
     for c in result.checkpoints:
         f = c["figures"]
         if f.get("layers", {}).get("sentence"):
-            out.print(f"where ({c['label']}): {f['layers']['sentence']}", highlight=False, soft_wrap=True)
+            out.print(esc(f"where ({c['label']}): {f['layers']['sentence']}"), highlight=False, soft_wrap=True)
         notes = []
         if f.get("nonfinite_positions"):
             notes.append(f"{f['nonfinite_positions']} positions had non-finite logits and were left out")
         if f.get("truncated_prompts"):
-            notes.append(f"{f['truncated_prompts']} prompts were longer than the context; their start was cut")
+            notes.append(f"{f['truncated_prompts']} prompts were longer than the context; their middle was cut")
         if c["vocab"]["status"] == "extended":
             notes.append(f"tuned tokenizer adds {c['vocab']['new_tokens']} tokens; compared on the shared ids "
                          f"(mean tuned mass on new ids {_fmt(f['new_token_mass'], '.2%')})")
         for n in notes:
-            out.print(f"note ({c['label']}): {n}", highlight=False)
+            out.print(esc(f"note ({c['label']}): {n}"), highlight=False)
 
 
 @probes_app.command("list")
@@ -251,7 +289,7 @@ def probes_list():
     table.add_column("description")  # wraps in what the others leave
     for s in driftscope.list_suites():
         n_mc = sum(p.is_choice for p in s.probes)
-        table.add_row(s.name, s.version, str(len(s)), str(s.n_with_answer), str(n_mc), s.description)
+        table.add_row(esc(s.name), esc(s.version), str(len(s)), str(s.n_with_answer), str(n_mc), esc(s.description))
     out.print(table)
 
 
@@ -262,8 +300,32 @@ def probes_validate(file: Annotated[str, typer.Argument(help="Suite file (JSONL,
     import driftscope
 
     s = driftscope.load_suite(file)
-    out.print(f"ok: {s.path}: suite {s.name!r} version {s.version}, {len(s)} probes, "
-              f"{s.n_with_answer} with answers, sha256 {s.hash[:12]}", highlight=False)
+    out.print(esc(f"ok: {s.path}: suite {s.name!r} version {s.version}, {len(s)} probes, "
+                  f"{s.n_with_answer} with answers, sha256 {s.hash[:12]}"), highlight=False, soft_wrap=True)
+
+
+@probes_app.command("import-lm-eval")
+@friendly
+def probes_import_lm_eval(
+    samples: Annotated[Path, typer.Argument(help="samples_<task>_<date>.jsonl from lm_eval --log_samples.")],
+    name: Annotated[Optional[str], typer.Option(help="Suite name. Default: the lm-eval task.")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Suite file to write. Default: NAME.jsonl.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="lm-eval task name, where the file name does not carry it.")] = None,
+    version: Annotated[Optional[str], typer.Option(help="lm-eval task version, where no results file beside the samples gives it.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+):
+    """Turn an lm-evaluation-harness samples file into a probe suite (lm-eval's exact prompts)."""
+    from driftscope.lmeval import import_samples, write_suite
+
+    imported = import_samples(samples, name=name, task=task, version=version)
+    path = write_suite(imported, out_file or Path(f"{imported.name}.jsonl"), overwrite=overwrite)
+    n = imported.counts()
+    out.print(esc(f"ok: {path}: suite {imported.name!r} version {imported.header.get('version', 'unversioned')}, "
+                  f"{len(imported.items)} probes ({n['choice']} multiple-choice, {n['free']} free)"), highlight=False, soft_wrap=True)
+    for reason, ids in imported.skipped.items():
+        out.print(esc(f"skipped {len(ids)} docs (doc_id {', '.join(map(str, ids[:5]))}{', ...' if len(ids) > 5 else ''}): {reason}"),
+                  highlight=False, soft_wrap=True)
+    out.print(esc(f"score it as lm-eval did: driftscope compare BASE TUNED --probes {path} --chat-template off"), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -288,6 +350,7 @@ def bench(
     from driftscope.bench import run_bench
     from driftscope.errors import DriftscopeError
     from driftscope.models import checkpoint_kind
+    from driftscope.result import atomic_write
 
     try:
         ns = [int(x) for x in sizes.split(",") if x.strip()]
@@ -297,9 +360,10 @@ def bench(
         raise DriftscopeError(f"--sizes {sizes} --repeat {repeat}: need probe counts and a repeat of at least 1")
     if mmap_threshold_kb is not None and not 0 < mmap_threshold_kb <= 32 * 1024:
         raise DriftscopeError(f"--mmap-threshold-kb {mmap_threshold_kb}: glibc takes 1 to 32768 KiB")
+    check_outputs(json=json_out)
     for path in (base, tuned):
         checkpoint_kind(path)
-    rows = run_bench(base, tuned, ns, batch_size, device, dtype, log=lambda r: err.print(f"measured: {r}"),
+    rows = run_bench(base, tuned, ns, batch_size, device, dtype, log=lambda r: err.print(f"measured: {esc(r)}"),
                      accuracy=accuracy, repeat=repeat, mmap_threshold_kb=mmap_threshold_kb)
     out.print(bench_table(rows))
     if len(rows) > 1:
@@ -313,7 +377,7 @@ def bench(
                   + (f"; over {last['batches']} batches the drift pass kept {kept:+.0f} MB resident" if kept is not None else ""),
                   highlight=False)
     if json_out:
-        json_out.write_text(json.dumps(rows, indent=2))
+        atomic_write(json_out, json.dumps(rows, indent=2), flag="--json")
 
 
 @app.command("bench-models")
@@ -326,8 +390,8 @@ def bench_models(
     """Build the benchmark's pair offline: SmolLM2-135M-Instruct and a counting fine-tune of it."""
     from driftscope.bench import smollm_pair
 
-    base, tuned = smollm_pair(dest, gguf, steps, log=lambda m: err.print(f"  {m}", highlight=False))
-    out.print(f"driftscope bench {base} {tuned} --sizes 100,1000 --no-accuracy", highlight=False)
+    base, tuned = smollm_pair(dest, gguf, steps, log=lambda m: err.print(f"  {esc(m)}", highlight=False))
+    out.print(esc(f"driftscope bench {base} {tuned} --sizes 100,1000 --no-accuracy"), highlight=False)
 
 
 def bench_table(rows: list[dict]) -> Table:
@@ -369,7 +433,7 @@ def demo(
     rows = run_demo(out_dir, cache, out, size)
     right = [r for r in rows if r["truth"]]
     hits = sum(r["verdict"] == r["truth"] for r in right)
-    out.print(f"controls diagnosed right: {hits} of {len(right)}; report: {out_dir / ('zoo-' + size) / 'report.html'}",
+    out.print(esc(f"controls diagnosed right: {hits} of {len(right)}; report: {out_dir / ('zoo-' + size) / 'report.html'}"),
               highlight=False)
 
 
@@ -383,8 +447,8 @@ def zoo_build(
     """Build the zoo's checkpoints (cached; rebuilt only when the world or a recipe changes)."""
     from driftscope.zoo import build_zoo
 
-    folder = build_zoo(size, cache, force, log=lambda m: err.print(f"  {m}", highlight=False))
-    out.print(str(folder), highlight=False)
+    folder = build_zoo(size, cache, force, log=lambda m: err.print(f"  {esc(m)}", highlight=False))
+    out.print(esc(folder), highlight=False)
 
 
 @zoo_app.command("list")
@@ -397,9 +461,9 @@ def zoo_list(cache: Annotated[Optional[Path], typer.Option(help="Zoo cache folde
     if not zoos:
         out.print("no zoo built yet: driftscope zoo build")
     for z in zoos:
-        out.print(f"{z['name']} {z['path']}", highlight=False)
+        out.print(esc(f"{z['name']} {z['path']}"), highlight=False)
         for v in z["variants"]:
-            out.print(f"  {v}", highlight=False)
+            out.print(f"  {esc(v)}", highlight=False)
 
 
 @zoo_app.command("path")
@@ -411,7 +475,7 @@ def zoo_path_cmd(
     """Where a zoo lives (built or not)."""
     from driftscope.zoo import zoo_path
 
-    out.print(str(zoo_path(size, cache)), highlight=False)
+    out.print(esc(zoo_path(size, cache)), highlight=False)
 
 
 def main() -> None:

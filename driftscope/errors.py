@@ -31,3 +31,16 @@ class ModelError(DriftscopeError):
 
 class TokenizerMismatch(DriftscopeError):
     """The two tokenizers cannot be compared id for id."""
+
+
+class OutputError(DriftscopeError, OSError):
+    """A file or folder cannot be written where the user asked (also an OSError,
+    for callers that catch those around a write)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, carrying what had been written by then, so the message tells the truth."""
+
+    def __init__(self, written: str = "nothing was written"):
+        super().__init__(written)
+        self.written = written

@@ -180,7 +180,7 @@ def parse_gates(text: str, source: str = "<gates>") -> Gates:
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"at line (\d+)", str(e))
         at = f"{source}:{m.group(1)}" if m else source
-        raise GateError(f"{at}: not valid TOML: {e}", "see the gates format in `driftscope gate --help`") from None
+        raise GateError(f"{at}: not valid TOML: {e}", "the format: driftscope gate --help, or the README's section \"Release gates in CI\"") from None
     extra = sorted(set(data) - {"gate", "extends", "description"})
     if extra:
         raise GateError(f"{source}: unknown top-level key {extra[0]!r}",

@@ -8,14 +8,13 @@ be rendered again without the rules or the run.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import polars as pl
 
 from driftscope.errors import DriftscopeError
+from driftscope.result import atomic_write
 
 SCHEMA_VERSION = 1
 
@@ -161,17 +160,6 @@ def to_markdown(table: pl.DataFrame, summary: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _replace_atomically(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_gate_files(run_dir: str | Path, table: pl.DataFrame,
                      source: str | None = None) -> dict[str, Path]:
     """Write gates.json and tables/gates.parquet into a run folder, each atomically.
@@ -182,7 +170,6 @@ def write_gate_files(run_dir: str | Path, table: pl.DataFrame,
     run = Path(run_dir)
     if not run.is_dir():
         raise GateError(f"run folder not found: {run}", "pass the folder that holds summary.json")
-    (run / "tables").mkdir(exist_ok=True)
     doc = {
         "schema_version": SCHEMA_VERSION,
         "gates": source,
@@ -191,11 +178,7 @@ def write_gate_files(run_dir: str | Path, table: pl.DataFrame,
         "counts": counts(table),
         "results": table.to_dicts(),
     }
-
-    def write_json(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
     paths = {"json": run / "gates.json", "table": run / "tables" / "gates.parquet"}
-    _replace_atomically(paths["json"], write_json)
-    _replace_atomically(paths["table"], table.write_parquet)
+    atomic_write(paths["json"], json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(paths["table"], table.write_parquet)
     return paths

@@ -23,6 +23,8 @@ from pathlib import Path
 from driftscope.errors import ProbeError
 
 SUFFIXES = (".jsonl", ".csv", ".parquet")
+KNOWN = frozenset({"id", "prompt", "answer", "choices", "task", "tags"})  # the fields of a probe
+REQUIRED = ("id", "prompt")
 
 
 @dataclass(frozen=True)
@@ -136,13 +138,18 @@ def _read_jsonl(path: Path, raw: bytes) -> tuple[dict, list[tuple[int, dict]]]:
         raise ProbeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})", "save the file as UTF-8")
     header: dict = {}
     rows: list[tuple[int, dict]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: splitlines() would also cut at U+2028 and the like,
+    # which JSON allows inside a string.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ProbeError(f"{path}:{lineno}: not valid JSON ({e.msg})", "one JSON object per line")
+            raise ProbeError(f"{path}:{lineno}: not valid JSON: {e.msg}: column {e.colno}",
+                             "one JSON object per line") from None
+        except RecursionError:
+            raise ProbeError(f"{path}:{lineno}: JSON nested too deeply", "one flat JSON object per line") from None
         if not isinstance(obj, dict):
             raise ProbeError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         if "_suite" in obj:
@@ -161,12 +168,17 @@ def _read_table(path: Path, fmt: str) -> list[tuple[int, dict]]:
 
     try:
         df = pl.read_csv(path, infer_schema=False) if fmt == "csv" else pl.read_parquet(path)
-    except Exception as e:  # polars raises many types; all mean "unreadable"
-        raise ProbeError(f"{path}: cannot read as {fmt} ({str(e).splitlines()[0]})")
+    except (Exception, pl.exceptions.PanicException) as e:  # polars raises many types; all mean "unreadable"
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ProbeError(f"{path}: cannot read as {fmt} ({detail})") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ProbeError(f"{path}: missing column {missing[0]}", f"columns are {', '.join(sorted(KNOWN))}; "
+                         f"it has {', '.join(map(repr, df.columns)) or 'none'}")
     first = 2 if fmt == "csv" else 1  # CSV line 1 is the header
     rows = []
     for i, row in enumerate(df.iter_rows(named=True)):
-        row = {k: v for k, v in row.items() if v is not None and v != ""}
+        row = {k: v for k, v in row.items() if k in REQUIRED or (v is not None and v != "")}  # an empty cell is no value
         for key in ("choices", "tags"):
             if isinstance(row.get(key), str):
                 row[key] = _split_list(path, first + i, key, row[key])
@@ -187,7 +199,7 @@ def _split_list(path: Path, lineno: int, key: str, value: str) -> list:
 def _validate(path: Path, name: str, rows: list[tuple[int, dict]]) -> tuple[Probe, ...]:
     if not rows:
         raise ProbeError(f"{path}: no probes in the file", "add one probe per line with at least id and prompt")
-    known = {"id", "prompt", "answer", "choices", "task", "tags"}
+    known = KNOWN
     probes: list[Probe] = []
     first_line: dict[str, int] = {}
     for lineno, row in rows:
@@ -202,6 +214,8 @@ def _validate(path: Path, name: str, rows: list[tuple[int, dict]]) -> tuple[Prob
             raise ProbeError(f"{where}: duplicate id {pid!r} (first on line {first_line[pid]})", "ids are unique in a suite")
         first_line[pid] = lineno
         prompt = row.get("prompt")
+        if "prompt" not in row:
+            raise ProbeError(f"{where}: missing prompt")
         if not isinstance(prompt, str) or not prompt:
             raise ProbeError(f"{where}: prompt must be a non-empty string")
         answer = row.get("answer")

@@ -16,7 +16,7 @@ import torch
 from driftscope import __version__
 from driftscope.accuracy import OffsetEstimator
 from driftscope.assess import add_verdicts, answer_items, group_correlations, item_correlations
-from driftscope.capture import block_rows, blocks, capture, encode, forward, make_batches, project_block
+from driftscope.capture import block_rows, blocks, capture, encode_all, forward, make_batches, project_block
 from driftscope.diagnose import Thresholds, sentence
 from driftscope.drift import DriftAccumulator
 from driftscope.layers import try_layer_accumulator
@@ -24,8 +24,8 @@ from driftscope.memory import PhasePeaks, release_free_memory, rss_mb
 from driftscope.errors import DriftscopeError, ProbeError
 from driftscope.models import Checkpoint, align_vocab, load_base, load_tuned
 from driftscope.probes import Probe, ProbeSuite, load_suite
-from driftscope.result import SCHEMA_VERSION, DriftResult
-from driftscope.tokenclasses import classes_for
+from driftscope.result import SCHEMA_VERSION, DriftResult, check_run_target, pause_if_testing
+from driftscope.tokenclasses import classes_for, vocab_width
 
 DEFAULT_SUITES = ("general",)
 
@@ -106,9 +106,12 @@ def compare(
     suites = load_suites(probes)
     probe_list: list[Probe] = [p for suite in suites for p in suite.probes]
 
+    # An unwritable --out or an existing run fails now, not after the whole run.
+    run_dir = None if out is None else check_run_target(Path(out) / (name or default_name(Path(base), tuned_paths)), overwrite)
     clock = {"start": time.perf_counter()}
     memory = PhasePeaks()
     base_ck = load_base(base, s.device, s.dtype, s.allow_pickle)
+    pause_if_testing("loading")
     tuned_cks: list[Checkpoint] = []
     alignments = []
     for path, label in zip(tuned_paths, _labels(tuned_paths)):
@@ -119,12 +122,12 @@ def compare(
     tok = base_ck.tokenizer
     chat = _use_chat(tok, s.chat_template)
     n_ctx = base_ck.n_ctx or 2048
-    max_length = min(s.max_length or n_ctx, n_ctx)
-    encoded = [encode(p, i, tok, chat, max_length) for i, p in enumerate(probe_list)]
+    max_length = min(n_ctx if s.max_length is None else s.max_length, n_ctx)
+    encoded = encode_all(probe_list, tok, chat, max_length)  # refuses a max_length with no room for a prompt
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     batches = make_batches(encoded, s.batch_size, pad_id)
-    vocab = min([len(tok)] + [c.model.get_output_embeddings().weight.shape[0] for c in [base_ck, *tuned_cks]])
-    table = classes_for(tok, classes)
+    vocab = vocab_width(tok, [c.model for c in [base_ck, *tuned_cks]])  # the one width of every (.., vocab) structure
+    table = classes_for(tok, classes, vocab)
     suite_of = [p.suite for p in probe_list]
     accs = [DriftAccumulator(c.label, [x.name for x in suites], suite_of, table, vocab) for c in tuned_cks]
     estimators = [OffsetEstimator(len(probe_list), vocab, s.seed) for _ in tuned_cks]
@@ -176,6 +179,7 @@ def compare(
             resident["drift_last_batch"] = rss_mb()
             if progress:
                 progress(done, total)
+            pause_if_testing("drift")
 
     clock["drift"] = time.perf_counter()
     memory.mark("drift")
@@ -186,6 +190,7 @@ def compare(
             done += 1
             if progress:
                 progress(done, total)
+            pause_if_testing("accuracy")
 
         answers = answer_items(base_ck, tuned_cks, estimators, probe_list, encoded, chat, max_length,
                                s.batch_size, vocab, tick)
@@ -248,7 +253,7 @@ def compare(
         "classes": {name: int(table.membership[:, j].sum()) for j, name in enumerate(table.names)},
         "checkpoints": checkpoints,
         "correlations": correlations,
-        "notes": layer_notes,
+        "notes": [c.warning for c in (base_ck, *tuned_cks) if c.warning] + layer_notes,  # e.g. an adapter on another base
     }
     clock["tables"] = time.perf_counter()
     memory.mark("tables")
@@ -261,15 +266,10 @@ def compare(
     result = DriftResult(summary, frames, meta)
     del tuned_cks, base_ck
     gc.collect()
-    if out is not None:
-        run_name = name or default_name(Path(base), tuned_paths)
-        result.meta["name"] = run_name
-        result.to_dir(Path(out) / run_name, overwrite=overwrite)
-        if html:
-            from driftscope.report import write_index, write_report
-
-            write_report(result)
-            write_index(Path(out))
+    if run_dir is not None:
+        result.meta["name"] = run_dir.name
+        # report.html is written inside the run folder before it is renamed into place, the index after
+        result.to_dir(run_dir, overwrite=overwrite, report=html, index=html)
     return result
 
 

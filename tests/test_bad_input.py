@@ -28,6 +28,7 @@ def write(path, lines):
 
 def assert_usage_error(result, *needles):
     assert result.exit_code == 2, result.output
+    assert not result.output.startswith("\n"), repr(result.output)  # the error comes first
     for needle in needles:
         assert needle in result.output, result.output
 
@@ -90,7 +91,7 @@ def test_prompt_longer_than_context_is_cut_and_said(family, tmp_path):
                                             json.dumps({"id": "short", "prompt": "Q: Is the sun a star?\nA:", "answer": "yes"})])
     r = compare(family, family["tuned"], tmp_path, "--probes", suite, "--name", "long")
     assert r.exit_code == 0, r.output
-    assert "1 prompts were longer than the context; their start was cut" in r.output
+    assert "1 prompts were longer than the context; their middle was cut" in r.output
     summary = json.loads((tmp_path / "runs" / "long" / "summary.json").read_text())
     assert summary["checkpoints"][0]["figures"]["truncated_prompts"] == 1
 
@@ -135,3 +136,152 @@ def test_existing_run_is_not_overwritten(family, tmp_path):
 def test_bad_options(family, tmp_path, args, needle):
     assert_usage_error(compare(family, family["copy"], tmp_path, *args), needle)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# -- thresholds, outputs, damaged runs (issue 13) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_run(family, tmp_path_factory):
+    """A small real run folder (no layers, no weights) for the gate and report tests."""
+    from driftscope import compare as run_compare
+
+    root = tmp_path_factory.mktemp("saved")
+    suite = write(root / "s.jsonl", [json.dumps({"id": "q", "prompt": "Q: What is 2 plus 3?\nA:", "answer": "5"})])
+    return run_compare(family["base"], family["copy"], [suite], out=root / "runs", name="run",
+                       layers=False, weights=False).path
+
+
+def no_leftovers(*folders):
+    for folder in folders:
+        temporary = [p.name for p in folder.iterdir() if p.name.startswith(".") and ".tmp" in p.name]
+        assert temporary == [], f"{folder}: {temporary}"
+
+
+def unwritable_folder():
+    """A folder even root cannot create files in (chmod does not stop root)."""
+    if not __import__("os").path.isdir("/sys/kernel"):
+        pytest.skip("no /sys here")
+    return "/sys/kernel"
+
+
+@pytest.mark.parametrize("pair, needle", [
+    ("bootstrap=0", "--verdict bootstrap=0: out of range (a number of resamples, from 100 to 100000)"),
+    ("alpha=2", "--verdict alpha=2: out of range (a significance level, between 0 and 1, exclusive)"),
+    ("alpha=nan", "--verdict alpha=nan: out of range"),
+    ("min_drop=-0.1", "--verdict min_drop=-0.1: out of range (an accuracy drop, as a fraction, from 0 to 1)"),
+    ("stable_margin=1.5", "--verdict stable_margin=1.5: out of range"),
+    ("bias_recovery=2", "--verdict bias_recovery=2: out of range"),
+    ("loss_recovery=0.9", "loss_recovery=0.9 is above bias_recovery=0.5"),
+    ("bootstrap=1.5", "--verdict bootstrap=1.5: not a whole number"),
+])
+def test_verdict_thresholds_are_range_checked(family, tmp_path, pair, needle):
+    assert_usage_error(compare(family, family["copy"], tmp_path, "--verdict", pair), needle)
+    assert not (tmp_path / "runs").exists()
+
+
+def refuse_to_load(monkeypatch):
+    """The checks under test must come before any model is loaded."""
+    import driftscope.run
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the output was checked")
+
+    monkeypatch.setattr(driftscope.run, "load_base", boom)
+
+
+def test_out_that_cannot_be_written_fails_before_loading(family, tmp_path, monkeypatch):
+    refuse_to_load(monkeypatch)
+    a_file = write(tmp_path / "a-file", ["x"])
+    r = cli("compare", family["base"], family["copy"], "--out", a_file)
+    assert_usage_error(r, f"--out {a_file} is a file, not a folder")
+    r = cli("compare", family["base"], family["copy"], "--out", a_file / "runs")
+    assert_usage_error(r, f"--out {a_file / 'runs'}: {a_file} is a file, not a folder")
+    ro = unwritable_folder()
+    assert_usage_error(cli("compare", family["base"], family["copy"], "--out", f"{ro}/runs"), f"cannot write --out {ro}/runs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_existing_run_and_bad_junit_fail_before_loading(family, saved_run, tmp_path, monkeypatch):
+    refuse_to_load(monkeypatch)
+    r = cli("compare", family["base"], family["copy"], "--out", saved_run.parent, "--name", saved_run.name)
+    assert_usage_error(r, "already exists", "--overwrite")
+    r = compare(family, family["copy"], tmp_path, "--gates", "default", "--junit", tmp_path)
+    assert_usage_error(r, f"--junit {tmp_path} is a folder", "pass a file path")
+    no_leftovers(tmp_path, tmp_path.parent)
+
+
+def test_gate_outputs_that_cannot_be_written(saved_run, tmp_path):
+    before = sorted(p.name for p in saved_run.iterdir())
+    assert_usage_error(cli("gate", saved_run, "--junit", tmp_path), f"--junit {tmp_path} is a folder")
+    assert_usage_error(cli("gate", saved_run, "--markdown", f"{unwritable_folder()}/drift.md"), "cannot write --markdown")
+    no_leftovers(tmp_path, tmp_path.parent, saved_run)
+    assert sorted(p.name for p in saved_run.iterdir()) == before  # refused before the gates were written
+
+
+def test_weights_parquet_that_cannot_be_written(family, tmp_path):
+    r = cli("weights", family["base"], family["tuned"], "--parquet", tmp_path)
+    assert_usage_error(r, f"--parquet {tmp_path} is a folder")
+    r = cli("weights", family["base"], family["tuned"], "--parquet", f"{unwritable_folder()}/w.parquet")
+    assert_usage_error(r, "cannot write --parquet")
+    no_leftovers(tmp_path)
+    assert cli("weights", family["base"], family["tuned"], "--parquet", tmp_path / "w.parquet").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.parquet"]
+
+
+def test_report_on_a_damaged_run(saved_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(saved_run, run)
+    table = run / "tables" / "items.parquet"
+    table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+    assert_usage_error(cli("report", run), f"{table}: unreadable table", "re-run driftscope compare")
+    (run / "meta.json").write_text("{")
+    assert_usage_error(cli("report", run), f"{run / 'meta.json'}: unreadable")
+    (run / "summary.json").write_text("[]")
+    assert_usage_error(cli("report", run), "expected a JSON object, got list")
+    no_leftovers(run, tmp_path)
+
+
+def test_report_index_on_a_folder_that_cannot_be_written():
+    ro = unwritable_folder()
+    assert_usage_error(cli("report", "--index", ro), f"cannot write {ro}/index.html")
+
+
+# -- messages that need their second half --------------------------------------
+
+
+def test_invalid_json_says_what_and_where(tmp_path):
+    bad = write(tmp_path / "bad.jsonl", ['{"id": "a", "prompt": "never closed'])
+    assert_usage_error(cli("probes", "validate", bad),
+                       f"{bad}:1: not valid JSON: Unterminated string starting at: column 23")
+
+
+def test_csv_missing_a_column_says_so(tmp_path):
+    bad = tmp_path / "s.csv"
+    bad.write_text("id,answer\na,x\n")
+    assert_usage_error(cli("probes", "validate", bad), f"{bad}: missing column prompt", "it has 'id', 'answer'")
+    jsonl = write(tmp_path / "s.jsonl", ['{"id": "a", "answer": "x"}'])
+    assert_usage_error(cli("probes", "validate", jsonl), f"{jsonl}:1: missing prompt")
+
+
+def test_gate_hints_keep_their_brackets(saved_run, tmp_path):
+    gates = write(tmp_path / "g.toml", ["threshold = 3"])
+    assert_usage_error(cli("gate", saved_run, "--gates", gates), "rules go in [[gate]] tables")
+    broken = write(tmp_path / "broken.toml", ["[[gate]", 'figure = "kl.p99"'])
+    assert_usage_error(cli("gate", saved_run, "--gates", broken), "not valid TOML",
+                       'the README\'s section "Release gates in CI"')
+    help_text = " ".join(cli("gate", "--help").output.split())  # as wrapped to the terminal
+    for needle in ("[[gate]]", "at_most", "none_of", "suites.*.FIGURE", "Release gates in CI"):
+        assert needle in help_text, help_text
+
+
+def test_names_with_brackets_are_printed_as_they_are(tmp_path):
+    suite = write(tmp_path / "s.jsonl", ['{"_suite": {"name": "[bold]odd[/bold] [x]"}}', '{"id": "a", "prompt": "x"}'])
+    r = cli("probes", "validate", suite)
+    assert r.exit_code == 0 and "suite '[bold]odd[/bold] [x]'" in r.output, r.output
+
+
+@pytest.mark.parametrize("args", [["/no/such/base", "/no/such/tuned"], ["{base}", "{base}", "--probes", "no_such_suite"]])
+def test_compare_errors_start_with_the_error(family, tmp_path, args):
+    r = cli("compare", *[a.format(base=family["base"]) for a in args], "--out", tmp_path / "runs")
+    assert r.exit_code == 2 and r.output.startswith("error: "), repr(r.output)

@@ -41,7 +41,12 @@ def test_freed_memory_pinned_below_a_live_block_goes_back_to_the_os():
     assert len(pinned) == 188
 
 
-def test_bench_times_both_passes_and_reports_memory(family, tmp_path):
+def test_bench_times_both_passes_and_reports_memory(family, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmpdir"  # where $TMPDIR would be: the probe files go there, and must not stay
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(app, ["bench", str(family["base"]), str(family["tuned"]), "--sizes", "4,8",
                                    "--batch-size", "4", "--no-accuracy", "--repeat", "2", "--json", str(out)])
@@ -60,6 +65,7 @@ def test_bench_times_both_passes_and_reports_memory(family, tmp_path):
         if platform.system() == "Linux":  # resident size after the first and the last batch
             assert abs(r["drift_retained_mb"]) < 100
     assert "from 4 to 8 probes" in res.output and "8 probes" in res.output and "range over runs" in res.output
+    assert list(scratch.iterdir()) == []  # no driftscope-bench-* folder left behind
 
 
 def test_bench_models_without_a_gguf_is_bad_input_and_writes_nothing(tmp_path):
@@ -74,6 +80,11 @@ def test_bench_rejects_bad_sizes(family):
         assert res.exit_code == 2 and "--sizes" in res.output
     res = CliRunner().invoke(app, ["bench", str(family["base"]), str(family["tuned"]), "--mmap-threshold-kb", "0"])
     assert res.exit_code == 2 and "--mmap-threshold-kb 0" in res.output
+
+
+def test_bench_json_that_cannot_be_written_fails_before_measuring(family, tmp_path):
+    res = CliRunner().invoke(app, ["bench", str(family["base"]), str(family["tuned"]), "--json", str(tmp_path)])
+    assert res.exit_code == 2 and f"--json {tmp_path} is a folder" in res.output and "measured" not in res.output
 
 
 def test_bench_mmap_threshold_reaches_both_workers(family, tmp_path):

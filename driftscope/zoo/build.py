@@ -17,8 +17,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,23 +132,20 @@ def build_zoo(
     final = zoo_path(cfg, cache_dir)
     if (final / MANIFEST).is_file() and not force:
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    from driftscope.result import atomic_path  # built beside, renamed into place whole (or nothing)
+
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        manifest = _build(cfg, tmp, final, log or (lambda msg: None))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        with atomic_path(final, folder=True) as tmp:
+            manifest = _build(cfg, tmp, final, log or (lambda msg: None))
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     finally:
         torch.set_num_threads(threads)
         if bars:
             hf_logging.enable_progress_bar()
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
