@@ -76,16 +76,16 @@ def demo_table(rows: list[dict]):
     # Narrow enough for an 80-column terminal; the recipes are listed under it.
     table = Table(title="the zoo, diagnosed", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for col in ("variant", "acc change", "numeric shift", "KL mean", "recovered", "verdict", "truth"):
-        numeric = col in ("acc change", "numeric shift", "KL mean", "recovered")
-        table.add_column(col, justify="right" if numeric else "left", no_wrap=col in ("variant", "verdict"),
+    for col in ("variant", "acc\nchange", "numeric\nshift", "KL\nmean", "recov-\nered", "verdict", "truth"):
+        numeric = col not in ("variant", "verdict", "truth")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=not numeric,
                          min_width=max(map(len, col.split())))
     for r in rows:
         truth = "experiment" if r["truth"] is None else ("ok" if r["verdict"] == r["truth"] else "MISS")
         table.add_row(
             r["variant"],
             _fmt(r["accuracy_change"], pct=True),
-            _fmt(r["numeric_shift"]),
+            _fmt(r["numeric_shift"], points=True),
             _fmt(r["kl_mean"]),
             _fmt(r["recovered"], pct=True),
             str(r["verdict"]),
@@ -102,7 +102,9 @@ def _get(d: dict, *keys):
     return d
 
 
-def _fmt(x, pct: bool = False) -> str:
+def _fmt(x, pct: bool = False, points: bool = False) -> str:
     if x is None or x != x:  # None or NaN (nothing to recover)
         return "-"
+    if points:  # a change of probability mass, in percentage points as the report shows it
+        return f"{100 * x:+.1f} pt"
     return f"{100 * x:+.1f}%" if pct else f"{x:.3f}"
