@@ -163,7 +163,7 @@ def smollm_pair(dest: Path, gguf: Path | None = None, steps: int = 40, log=print
 
 
 def bare(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str) -> dict:
-    from driftscope.capture import encode, make_batches
+    from driftscope.capture import encode, make_batches, pad_id
     from driftscope.memory import PhasePeaks
     from driftscope.models import load_base, load_tuned
     from driftscope.run import _use_chat, load_suites
@@ -175,8 +175,7 @@ def bare(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype
     chat = _use_chat(tok, "auto")
     probe_list = [p for s in load_suites([probes]) for p in s.probes]
     max_length = b.n_ctx or 2048
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    batches = make_batches([encode(p, i, tok, chat, max_length) for i, p in enumerate(probe_list)], batch_size, pad)
+    batches = make_batches([encode(p, i, tok, chat, max_length) for i, p in enumerate(probe_list)], batch_size, pad_id(tok))
     dev = next(b.model.parameters()).device
     memory.mark("loaded")
     start = time.perf_counter()

@@ -188,6 +188,13 @@ def collate(items: list[Encoded], pad_id: int) -> Batch:
     return Batch(items, ids, mask, t(rows), t(cols), t(gold), t(kind), t(probe), t(offset))
 
 
+def pad_id(tokenizer) -> int:
+    """The id that pads batches: the tokenizer's pad token, else EOS, else 0 (masked either way)."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id or 0
+
+
 def make_batches(encoded: list[Encoded], batch_size: int, pad_id: int) -> list[Batch]:
     """Length-sorted batches: little padding, and padding never changes a figure."""
     order = sorted(encoded, key=lambda e: (len(e.ids), e.index))

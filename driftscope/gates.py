@@ -27,6 +27,7 @@ from pathlib import Path
 
 import polars as pl
 
+from driftscope.verdict import VERDICTS
 from driftscope.gates_io import (  # noqa: F401  (re-exported: the gates API in one place)
     EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, EXIT_USAGE, TABLE_SCHEMA, GateError, exit_code, outcome,
     to_junit, to_markdown, to_text, write_gate_files,
@@ -41,7 +42,6 @@ DEFAULT_PRESET = Path(__file__).with_name("gates_default.toml")
 
 OPERATORS = ("at_most", "at_least", "one_of", "none_of")
 _SYMBOL = {"at_most": "<=", "at_least": ">=", "one_of": "in", "none_of": "not in"}
-VERDICTS = ("stable", "output-bias", "knowledge-loss", "mixed", "inconclusive", "no-answers")
 _UNDECIDED = frozenset({"inconclusive", "no-answers"})  # the run could not give a verdict
 
 # Every figure a rule may name, as a path inside one checkpoint's figures.

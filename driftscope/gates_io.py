@@ -16,7 +16,7 @@ import polars as pl
 from driftscope.errors import DriftscopeError
 from driftscope.result import atomic_write
 
-SCHEMA_VERSION = 1
+GATES_SCHEMA_VERSION = 1  # of gates.json, apart from the run's summary schema
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
@@ -171,7 +171,7 @@ def write_gate_files(run_dir: str | Path, table: pl.DataFrame,
     if not run.is_dir():
         raise GateError(f"run folder not found: {run}", "pass the folder that holds summary.json")
     doc = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": GATES_SCHEMA_VERSION,
         "gates": source,
         "outcome": outcome(table),
         "exit_code": exit_code(table),

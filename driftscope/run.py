@@ -14,10 +14,10 @@ import polars as pl
 import torch
 
 from driftscope import __version__
-from driftscope.accuracy import OffsetEstimator
-from driftscope.assess import add_verdicts, answer_items, group_correlations, item_correlations
-from driftscope.capture import block_rows, blocks, capture, encode_all, forward, make_batches, project_block
-from driftscope.diagnose import Thresholds, sentence
+from driftscope.answers import OffsetEstimator, answer_items
+from driftscope.capture import block_rows, blocks, capture, encode_all, forward, make_batches, pad_id, project_block
+from driftscope.correlations import group_correlations, item_correlations
+from driftscope.verdict import Thresholds, add_verdicts, sentence
 from driftscope.drift import DriftAccumulator
 from driftscope.layers import try_layer_accumulator
 from driftscope.memory import PhasePeaks, release_free_memory, rss_mb
@@ -124,8 +124,7 @@ def compare(
     n_ctx = base_ck.n_ctx or 2048
     max_length = min(n_ctx if s.max_length is None else s.max_length, n_ctx)
     encoded = encode_all(probe_list, tok, chat, max_length)  # refuses a max_length with no room for a prompt
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    batches = make_batches(encoded, s.batch_size, pad_id)
+    batches = make_batches(encoded, s.batch_size, pad_id(tok))
     vocab = vocab_width(tok, [c.model for c in [base_ck, *tuned_cks]])  # the one width of every (.., vocab) structure
     table = classes_for(tok, classes, vocab)
     suite_of = [p.suite for p in probe_list]
@@ -275,7 +274,7 @@ def compare(
 
 def add_weights(checkpoints: list[dict], base: Path, tables: dict, correlations: dict) -> None:
     """Weight distance beside function distance, per checkpoint (no forward pass)."""
-    from driftscope.diagnose import correlation
+    from driftscope.correlations import correlation
     from driftscope.errors import DriftscopeError
     from driftscope.layers import weight_vs_function
     from driftscope.weights import weight_summary, weight_table

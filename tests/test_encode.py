@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import tiny
-from driftscope.accuracy import batches_for, choice_logliks, choice_sequences, decoding_budget, generate_all
+from driftscope.answers import batches_for, choice_logliks, choice_sequences, decoding_budget, generate_all
 from driftscope.capture import decoding_prompt, encode, encode_all, make_batches, token_ids
 from driftscope.cli import app
 from driftscope.errors import DriftscopeError

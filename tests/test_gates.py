@@ -13,7 +13,7 @@ import pytest
 from driftscope.errors import DriftscopeError
 from driftscope.gates import (
     FIGURES, TABLE_SCHEMA, GateError, assert_gates, evaluate, exit_code, load_gates,
-    parse_figure, parse_gates, read_summary, to_junit, to_markdown, to_text, write_gate_files,
+    parse_figure, read_summary, to_junit, to_markdown, to_text, write_gate_files,
 )
 
 

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from driftscope.errors import Interrupted, OutputError
-from driftscope.result import DriftResult, atomic_path, atomic_write, check_writable
+from driftscope.result import DriftResult, atomic_write, check_writable
 
 PHASES = ("loading", "drift", "accuracy", "writing")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from driftscope.capture import join, split_pair, token_ids
+from driftscope.capture import join, split_pair
 from driftscope.cli import app
 from driftscope.errors import ProbeError
 from driftscope.lmeval import import_samples, write_suite

@@ -70,7 +70,7 @@ def test_class_table_and_width_must_agree():
 
 
 def test_verdict_reason_says_positions_were_left_out():
-    from driftscope.diagnose import Thresholds, accuracy_figures, sentence
+    from driftscope.verdict import Thresholds, accuracy_figures, sentence
 
     base = np.array([1] * 60 + [1] * 30 + [0] * 10, dtype=bool)
     tuned = np.array([1] * 60 + [0] * 30 + [0] * 10, dtype=bool)

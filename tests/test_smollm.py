@@ -41,7 +41,7 @@ def test_smollm_against_a_lora_adapter(smollm, tmp_path):
     from transformers import AutoModelForCausalLM
 
     import driftscope
-    from driftscope.diagnose import VERDICTS
+    from driftscope.verdict import VERDICTS
 
     torch.manual_seed(0)
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(smollm),

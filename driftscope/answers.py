@@ -20,10 +20,11 @@ import dataclasses
 import re
 
 import numpy as np
+import polars as pl
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from driftscope.capture import (NEXT, Batch, Block, Encoded, block_rows, blocks, capture, decoding_prompt, encode,
+from driftscope.capture import (NEXT, Batch, Block, Encoded, block_rows, blocks, capture, decoding_prompt, encode, pad_id,
                                 forward, header_text, make_batches, project_block)
 from driftscope.memory import release_free_memory
 
@@ -86,13 +87,13 @@ def is_match(generated: str, gold: str) -> bool:
 
 
 @torch.inference_mode()
-def greedy(model, prompts: list[list[int]], max_new: int, pad_id: int, eos_id: int | None,
+def greedy(model, prompts: list[list[int]], max_new: int, pad: int, eos_id: int | None,
            offsets: torch.Tensor | None = None, vocab: int | None = None) -> list[list[int]]:
     """Greedy decoding of a left-padded batch with the KV cache. `offsets` (B, vocab),
     when given, is subtracted from the logits of ids [0, vocab) at every step."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, p in enumerate(prompts):
         ids[r, width - len(p):] = torch.tensor(p)
@@ -132,14 +133,13 @@ def decoding_budget(chunk: list[Encoded]) -> int:
 
 def generate_all(model, tok, encoded: list[Encoded], batch_size: int, offsets_of=None, vocab=None) -> dict[int, str]:
     """Greedy answers for every encoded probe (prompt part only): index -> text."""
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     order = sorted(encoded, key=lambda e: (e.n_prompt, e.index))
     texts = {}
     for i in range(0, len(order), batch_size):
         chunk = order[i : i + batch_size]
         max_new = decoding_budget(chunk)
         offs = offsets_of(torch.tensor([e.index for e in chunk])) if offsets_of else None
-        outs = greedy(model, [decoding_prompt(e, max_new) for e in chunk], max_new, pad, tok.eos_token_id, offs, vocab)
+        outs = greedy(model, [decoding_prompt(e, max_new) for e in chunk], max_new, pad_id(tok), tok.eos_token_id, offs, vocab)
         for e, ids in zip(chunk, outs):
             texts[e.index] = tok.decode(ids, skip_special_tokens=True)
         release_free_memory()  # the KV cache of this batch (see driftscope.memory)
@@ -200,5 +200,68 @@ def pick(ll: np.ndarray, keys: list[tuple[int, int]], n_probes: int, per_token: 
 
 
 def batches_for(seqs: list[Encoded], batch_size: int, tok, device) -> list[Batch]:
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    return [b.to(device) for b in make_batches(seqs, batch_size, pad)]
+    return [b.to(device) for b in make_batches(seqs, batch_size, pad_id(tok))]
+
+
+# -- the answering pass: base once, each tuned checkpoint plain and corrected --
+
+
+def answer_items(base_ck, tuned_cks, estimators, probes, encoded, chat, max_length, batch_size, vocab, progress=None):
+    """Per-item answers and correctness: one polars frame per tuned checkpoint."""
+    tok = base_ck.tokenizer
+    device = next(base_ck.model.parameters()).device
+    with_answer = [e for e in encoded if probes[e.index].answer is not None]
+    seqs, keys = choice_sequences(probes, tok, chat, max_length)
+    batches = batches_for(seqs, batch_size, tok, device) if seqs else []
+    tick = (lambda: progress()) if progress else (lambda: None)
+
+    def choices(model, offsets_of=None):
+        # One pass gives the plain and, with offsets, the corrected log-likelihoods.
+        if not seqs:
+            return None, None, None
+        return choice_logliks(model, batches, len(seqs), vocab, offsets_of, keys)
+
+    def generate(model, offsets_of=None):
+        return generate_all(model, tok, with_answer, batch_size, offsets_of, vocab)
+
+    base_texts = generate(base_ck.model)
+    base_ll, cnt, _ = choices(base_ck.model)
+    tick()
+    frames = []
+    for ck, est in zip(tuned_cks, estimators):
+        t_texts = generate(ck.model)
+        tick()
+        c_texts = generate(ck.model, est.for_probes)
+        t_ll, _, c_ll = choices(ck.model, est.for_probes)
+        tick()
+        frames.append(_items_frame(ck.label, probes, with_answer, keys, cnt,
+                                   (base_texts, base_ll), (t_texts, t_ll), (c_texts, c_ll)))
+    return frames
+
+
+def _items_frame(label, probes, with_answer, keys, cnt, base, tuned, corrected) -> pl.DataFrame:
+    n = len(probes)
+    picks = {name: (pick(ll, keys, n) if ll is not None else {}) for name, (_, ll) in
+             (("base", base), ("tuned", tuned), ("corrected", corrected))}
+    per_token = {name: (pick(ll, keys, n, cnt) if ll is not None else {}) for name, (_, ll) in
+                 (("base", base), ("tuned", tuned))}
+    rows = []
+    for e in with_answer:
+        p = probes[e.index]
+        row = {"checkpoint": label, "probe_index": e.index}
+        for name, (texts, _) in (("base", base), ("tuned", tuned), ("corrected", corrected)):
+            row[f"{name}_answer"] = texts[e.index]
+            row[f"{name}_correct"] = is_match(texts[e.index], p.answer)
+            if p.choices:
+                j = picks[name][e.index]
+                row[f"{name}_choice"] = p.choices[j]
+                row[f"{name}_choice_correct"] = p.choices[j] == p.answer
+        if p.choices:
+            for name in ("base", "tuned"):
+                row[f"{name}_choice_per_token_correct"] = p.choices[per_token[name][e.index]] == p.answer
+        rows.append(row)
+    schema = {f"{m}_{k}": t for m in ("base", "tuned", "corrected") for k, t in
+              (("answer", pl.String), ("correct", pl.Boolean), ("choice", pl.String), ("choice_correct", pl.Boolean))}
+    schema.update({"checkpoint": pl.String, "probe_index": pl.Int64,
+                   "base_choice_per_token_correct": pl.Boolean, "tuned_choice_per_token_correct": pl.Boolean})
+    return pl.DataFrame(rows, schema=schema)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from driftscope.accuracy import is_match, normalise
-from driftscope.diagnose import Thresholds, accuracy_figures, correlation, mcnemar_exact, sentence
+from driftscope.answers import is_match, normalise
+from driftscope.correlations import correlation
+from driftscope.verdict import Thresholds, accuracy_figures, mcnemar_exact, sentence
 
 TH = Thresholds(bootstrap=300)
 
@@ -117,7 +118,7 @@ def test_normalised_exact_match(generated, gold, ok):
 @pytest.mark.parametrize("kind", ["continuous", "ties"])
 def test_correlation_bootstrap_is_scipys_paired_percentile_bootstrap(kind):
     """Same resamples as scipy.stats.bootstrap(paired=True), scored vectorised: same intervals."""
-    from driftscope.diagnose import BOOT_BATCH
+    from driftscope.correlations import BOOT_BATCH
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=80)
