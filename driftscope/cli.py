@@ -103,8 +103,6 @@ def compare(
     markdown: Annotated[Optional[Path], typer.Option(help="With --gates: write a Markdown summary here.")] = None,
 ):
     """Compare TUNED checkpoints with BASE on held-out probes."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     import driftscope
 
     from driftscope.errors import Interrupted
@@ -115,14 +113,13 @@ def compare(
 
         load_gates(gates)  # a broken gates file fails before the models run
     check_outputs(junit=junit, markdown=markdown)  # and so does an unwritable output (--out: in compare)
-    # No bar when stderr is not a terminal: there a transient bar leaves an empty line before any error.
-    with Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("scoring", total=None)
+    from driftscope.progress import scoring_bar
+
+    with scoring_bar(err) as progress:
         try:
             result = driftscope.compare(
                 base, tuned, probes, classes=parse_classes(cls or []), out=out_dir, name=name, overwrite=overwrite,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=progress,
                 device=device, dtype=dtype, batch_size=batch_size, max_length=max_length,
                 chat_template=chat_template, seed=seed, allow_pickle=allow_pickle, thresholds=thresholds,
                 html=not no_html, weights=not no_weights, layers=not no_layers, accuracy=not no_accuracy,
@@ -244,22 +241,39 @@ VERDICT_STYLE = {"stable": "green", "output-bias": "yellow", "knowledge-loss": "
                  "inconclusive": "magenta", "no-answers": "dim"}
 
 
+def headline_table(checkpoints: list[dict]) -> Table:
+    """One row per checkpoint, readable at 80 columns: the verdict never cut, a
+    long label wrapped, changes of accuracy and of mass in percentage points."""
+    from rich import box
+
+    table = Table(title="drift against the base", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    table.add_column("checkpoint", overflow="fold", ratio=1, min_width=10)
+    table.add_column("verdict", no_wrap=True, min_width=max(map(len, VERDICT_STYLE)))
+    for col in ("acc\nchange", "recov-\nered", "KL\nmean", "KL\np99", "top-1\nagree", "numeric\nshift"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for c in checkpoints:
+        f = c["figures"]
+        change = f.get("accuracy_change")
+        table.add_row(esc(c["label"]), esc(f.get("verdict", "-")),
+                      _fmt(None if change is None else change * 100, "+.1f") + " pt" * (change is not None),
+                      _fmt(f.get("recovered"), ".0%"), _fmt(f["kl"]["mean"], ".3f"), _fmt(f["kl"]["p99"], ".3f"),
+                      _fmt(f["top1_agreement"], ".1%"), _points(f["classes"]["numeric"]["shift"]))
+    return table
+
+
+def _points(mass) -> str:
+    """A change of probability mass in percentage points, as the report shows it."""
+    return "-" if mass is None or mass != mass else f"{100 * mass:+.1f} pt"
+
+
 def print_headline(result) -> None:
     for c in result.checkpoints:
         f = c["figures"]
         style = VERDICT_STYLE.get(f.get("verdict"), "bold")
         prefix = f"{c['label']}: " if len(result.checkpoints) > 1 else ""
         out.print(f"[{style}]{esc(prefix)}{esc(f.get('verdict_sentence', ''))}[/]", highlight=False, soft_wrap=True)
-    table = Table(title="drift against the base", title_justify="left")
-    for col in ("checkpoint", "verdict", "acc. change", "recovered", "KL mean", "KL p99", "top-1 agree", "numeric shift"):
-        table.add_column(col, justify="left" if col in ("checkpoint", "verdict") else "right")
-    for c in result.checkpoints:
-        f = c["figures"]
-        change = f.get("accuracy_change")
-        table.add_row(esc(c["label"]), esc(f.get("verdict", "-")), _fmt(None if change is None else change * 100, "+.1f"),
-                      _fmt(f.get("recovered"), ".0%"), _fmt(f["kl"]["mean"]), _fmt(f["kl"]["p99"]),
-                      _fmt(f["top1_agreement"], ".1%"), _fmt(f["classes"]["numeric"]["shift"], ".3f", True))
-    out.print(table)
+    out.print(headline_table(result.checkpoints))
     for c in result.checkpoints:
         f = c["figures"]
         if f.get("layers", {}).get("sentence"):

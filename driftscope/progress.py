@@ -10,9 +10,11 @@ from typing import Callable, Iterator
 def scoring_bar(console) -> Iterator[Callable[[int, int], None]]:
     """A transient rich bar; yields the `progress(done, total)` callback compare takes.
 
-    With no console (a library call), yields a callback that does nothing.
+    With no console (a library call) or one that is not a terminal, yields a
+    callback that does nothing: there a transient bar would leave an empty line
+    before any error.
     """
-    if console is None:
+    if console is None or not console.is_terminal:
         yield lambda done, total: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
