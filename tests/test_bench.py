@@ -49,7 +49,8 @@ def test_bench_times_both_passes_and_reports_memory(family, tmp_path, monkeypatc
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(app, ["bench", str(family["base"]), str(family["tuned"]), "--sizes", "4,8",
-                                   "--batch-size", "4", "--no-accuracy", "--repeat", "2", "--json", str(out)])
+                                   "--batch-size", "4", "--no-accuracy", "--repeat", "2", "--json", str(out),
+                                   "--no-peers"])
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())
     assert [r["probes"] for r in rows] == [4, 8] and [r["batches"] for r in rows] == [1, 2]
@@ -95,3 +96,29 @@ def test_bench_mmap_threshold_reaches_both_workers(family, tmp_path):
     (row,) = json.loads(out.read_text())
     assert row["mmap_threshold_kb"] == 128 and row["runs"][0]["mmap_threshold_kb"] == 128  # what both workers saw (they must agree)
     assert "MALLOC_MMAP_THRESHOLD_" in res.output  # in the table title
+
+
+def test_bench_peers_time_the_hand_written_loop_and_compare_without_layers(family, tmp_path):
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, ["bench", str(family["base"]), str(family["copy"]), "--sizes", "6", "--batch-size", "4",
+                                   "--no-accuracy", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(out.read_text())
+    for key in ("handwritten_s", "handwritten_load_s", "compare_load_s", "drift_no_layers_s"):
+        assert row[key] > 0, key
+    assert "hand-written loop s" in res.output and "no layers / hand loop" in res.output
+
+
+def test_the_hand_written_loop_measures_the_same_kl_as_compare(family, tmp_path):
+    """The peer is a fair one: on the same prompts its next-token KL is compare's."""
+    import driftscope
+    from driftscope.bench import probe_file
+    from driftscope.peers.handwritten import main as handwritten
+
+    probes = probe_file(12, tmp_path)
+    mine = handwritten(str(family["base"]), str(family["tuned"]), str(probes), 4)
+    r = driftscope.compare(family["base"], [family["tuned"]], [probes], out=None, layers=False, accuracy=False,
+                           weights=False, chat_template="off")
+    kl_next = r.tables["positions"].filter(kind="next")["kl"]
+    assert mine["positions"] == 12
+    assert mine["kl_mean"] == pytest.approx(kl_next.mean(), rel=1e-5)

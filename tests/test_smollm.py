@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from driftscope.bench import find_smollm_gguf, gguf_to_folder
+from driftscope.bench_models import find_smollm_gguf, gguf_to_folder
 
 pytestmark = pytest.mark.smollm
 

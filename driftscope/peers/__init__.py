@@ -1,0 +1,1 @@
+"""Peers the benchmark measures driftscope against: code a user would otherwise run."""

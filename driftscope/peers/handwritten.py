@@ -1,0 +1,46 @@
+"""The drift loop a user writes by hand: full logits, log_softmax, KL at the next token.
+
+    python -m driftscope.peers.handwritten BASE TUNED PROBES.jsonl [BATCH]
+
+Plain transformers and torch, no driftscope: each prompt is tokenised (left
+padding, so the last column is every row's next-token position), both models
+run with their full (batch, length, vocab) logits, and KL(p||q) is taken at the
+last position. Prints one JSON line: load and loop seconds, positions, KL mean.
+The benchmark runs it beside compare on the same probes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def main(base: str, tuned: str, probes: str, batch_size: int = 16) -> dict:
+    prompts = [row["prompt"] for row in map(json.loads, open(probes)) if "prompt" in row]
+    start = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    p_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    q_model = AutoModelForCausalLM.from_pretrained(tuned, dtype=torch.float32).eval()
+    loaded = time.perf_counter()
+    kls = []
+    with torch.inference_mode():
+        for i in range(0, len(prompts), batch_size):
+            enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+            logp = torch.log_softmax(p_model(**enc).logits[:, -1].double(), -1)
+            logq = torch.log_softmax(q_model(**enc).logits[:, -1].double(), -1)
+            kls.append((logp.exp() * (logp - logq)).sum(-1))
+    done = time.perf_counter()
+    kl = torch.cat(kls)
+    return {"load_s": loaded - start, "seconds": done - loaded, "positions": len(kl), "kl_mean": kl.mean().item()}
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    print(json.dumps(main(args[0], args[1], args[2], *(int(a) for a in args[3:]))))
