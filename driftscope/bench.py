@@ -104,15 +104,16 @@ def compare_run(base: str, tuned: str, probes: str, batch_size: int, device: str
     tables_mb = sum(df.estimated_size() for df in r.tables.values()) / 2**20
     kept = (resident["drift_last_batch"] - resident["drift_first_batch"]
             if None not in (resident.get("drift_first_batch"), resident.get("drift_last_batch")) else None)
-    return {"seconds": t["drift_s"], "accuracy_s": t["accuracy_s"], "load_s": t["loaded_s"], "batches": t["batches"],
+    return {"seconds": t["drift_s"], "accuracy_s": t["accuracy_s"], "load_s": t["loaded_s"], "total_s": r.meta["seconds"],
+            "batches": t["batches"],
             "peak_rss_mb": peaks["run"], "pass_peak_rss_mb": peaks["drift"], "phase_peaks_mb": peaks,
             "retained_mb": kept, "tables_mb": tables_mb, "verdict": r.figures()["verdict"]}
 
 
 def _in_subprocess(mode: str, env: dict | None = None, **kw) -> dict:
     cmd = [sys.executable, "-m", "driftscope.bench", mode, json.dumps(kw)]
-    if mode == "handwritten":  # the peer is a plain script: it takes what a user's script would
-        cmd = [sys.executable, "-m", "driftscope.peers.handwritten", kw["base"], kw["tuned"], kw["probes"],
+    if mode in ("handwritten", "lmeval"):  # the peers are plain scripts: they take what a user's would
+        cmd = [sys.executable, "-m", f"driftscope.peers.{mode}", kw["base"], kw["tuned"], kw["probes"],
                str(kw["batch_size"])]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode != 0:
@@ -160,18 +161,25 @@ def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtyp
     return [summarise(runs[n]) for n in sizes]
 
 
-PEER_KEYS = ("handwritten_s", "handwritten_load_s", "compare_load_s", "drift_no_layers_s")
+PEER_KEYS = ("handwritten_s", "handwritten_load_s", "compare_load_s", "drift_no_layers_s", "compare_total_s",
+             "lmeval_s", "lmeval_items")
 
 
 def peer_figures(c: dict, env: dict | None, kw: dict, peers: bool) -> dict:
-    """The same probes through the hand-written full-logits loop and through compare
-    without layer figures; load times beside compare's."""
+    """The same probes through the hand-written full-logits loop, through compare
+    without layer figures and, when lm_eval is installed, through lm-eval's
+    multiple-choice accuracy on both models (beside compare's whole run); load
+    times beside compare's."""
+    import shutil
+
     if not peers:
         return dict.fromkeys(PEER_KEYS)
     h = _in_subprocess("handwritten", env, **kw)
     n = _in_subprocess("compare", env, **kw, accuracy=False, layers=False)
+    lm = _in_subprocess("lmeval", env, **kw) if shutil.which("lm_eval") else {}
     return {"handwritten_s": h["seconds"], "handwritten_load_s": h["load_s"], "compare_load_s": c["load_s"],
-            "drift_no_layers_s": n["seconds"]}
+            "drift_no_layers_s": n["seconds"], "compare_total_s": c["total_s"], "lmeval_s": lm.get("seconds"),
+            "lmeval_items": lm.get("items")}
 
 
 def summarise(runs: list[dict]) -> dict:

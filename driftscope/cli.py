@@ -439,7 +439,11 @@ def bench_table(rows: list[dict]) -> Table:
                   ("hand-written loop s", lambda r: f"{r['handwritten_s']:.2f}"),
                   ("no layers / hand loop", lambda r: f"{r['drift_no_layers_s'] / r['handwritten_s']:.2f}x"),
                   ("load s: compare", lambda r: f"{r['compare_load_s']:.1f}"),
-                  ("load s: transformers", lambda r: f"{r['handwritten_load_s']:.1f}")]
+                  ("load s: transformers", lambda r: f"{r['handwritten_load_s']:.1f}"),
+                  ("whole compare s", lambda r: f"{r['compare_total_s']:.1f}")]
+    if rows[0].get("lmeval_s") is not None:
+        lines += [("lm-eval MC, 2 models s", lambda r: f"{r['lmeval_s']:.1f} ({r['lmeval_items']} items)"),
+                  ("whole compare / lm-eval", lambda r: f"{r['compare_total_s'] / r['lmeval_s']:.2f}x")]
     lines += [
              ("peak, bare passes", lambda r: mb(r["bare_pass_peak_mb"])),
              ("peak, drift pass", lambda r: mb(r["drift_pass_peak_mb"]))]
