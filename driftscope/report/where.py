@@ -30,7 +30,7 @@ MODULE_ORDER = ("q", "k", "v", "o", "qkv", "gate", "up", "gate_up", "down", "emb
 
 def _series(df: pl.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
     """(layer, value) where the value is finite: the lens is null at the layers it skips."""
-    d = df.select(pl.col("layer").cast(pl.Int64), pl.col(column).cast(pl.Float64)).drop_nulls().drop_nans().sort("layer")
+    d = df.select(pl.col("layer").cast(pl.Int64), pl.col(column).cast(pl.Float64)).drop_nulls().filter(pl.col(column).is_not_nan()).sort("layer")
     return d["layer"].to_numpy(), d[column].to_numpy()
 
 
