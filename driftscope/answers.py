@@ -1,8 +1,11 @@
 """Per-item accuracy of the base, the tuned model, and the tuned model with its
 constant output shift removed.
 
-- Free answers: greedy decoding of a few tokens, normalised exact match.
-  This is every item's primary correctness: what a user of the model sees.
+- Free answers: greedy decoding of a few tokens (the answer's length and a
+  short sentence more), the answer extracted by type as lm-eval's filters
+  do (is_match): the first number for numeric answers, the answer as a whole
+  word or phrase in the first sentence for text answers, and for a choice
+  item no other choice's text there.
 - Choice items additionally: log-likelihood of each choice after the prompt
   (summed and per token), the choice's tokens split from the joined text as
   lm-eval splits them (capture.split_pair); the argmax among the choices is
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from decimal import Decimal, InvalidOperation
 
 import numpy as np
 import polars as pl
@@ -30,6 +34,7 @@ from driftscope.memory import release_free_memory
 
 FOLDS = 5  # cross-fitting folds: each offset is estimated on 80% of the items
 MAX_NEW = 24  # the most tokens decoded per answer
+SENTENCE = 8  # tokens decoded beyond the answer's own: a short sentence around it
 
 # transformers 5.x renamed the KV cache argument and output field to `cache`
 # (`past_key_values` still works there, with a deprecation warning each call).
@@ -79,11 +84,81 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", first).strip().strip(".,;:!?\"'`").strip().lower()
 
 
-def is_match(generated: str, gold: str) -> bool:
-    """Normalised exact match; the answer may be followed by more text after a
-    word boundary ("Paris." and "Paris is" match "Paris"; "10" does not match "1")."""
+# Leading sentences that carry no answer: an instruct model's "Sure!" before "The answer is 12."
+FILLERS = frozenset({"sure", "okay", "ok", "certainly", "of course", "absolutely", "alright", "great", "well", "hello", "hi"})
+NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
+
+
+def as_number(text: str) -> Decimal | None:
+    """The number a string is written as ("12", "-3.5", "1,000"), else None."""
+    t = text.strip()
+    if not NUMBER.fullmatch(t):
+        return None
+    try:
+        return Decimal(t.replace(",", ""))
+    except InvalidOperation:
+        return None
+
+
+def answer_number(text: str) -> Decimal | None:
+    """The first number written in digits in the answer's first sentence (see
+    answer_sentence), after its "=" when it has one: "Sure! The answer is 12."
+    and "5 + 7 = 12" both give 12."""
+    sentence = answer_sentence(text).replace("\u2212", "-")
+    m = NUMBER.search(sentence.split("=", 1)[1] if "=" in sentence else sentence)
+    return None if m is None else Decimal(m.group().replace(",", ""))
+
+
+def answer_sentence(text: str) -> str:
+    """The first sentence of the answer, normalised (lower case, one space),
+    after any filler sentences ("Sure!", "Okay."). A sentence ends at a
+    newline or at . ! ? before a space."""
+    flat = text.strip()
+    for sentence in re.split(r"\n+|(?<=[.!?])\s+", flat):
+        s = re.sub(r"\s+", " ", sentence).strip().lower()
+        if s.strip(".,;:!?\"'` ") in FILLERS:
+            continue
+        return s
+    return ""
+
+
+def _spans(phrase: str, text: str) -> list[tuple[int, int]]:
+    """Where a phrase occurs in the text as whole words (case and spacing ignored)."""
+    p = re.sub(r"\s+", " ", phrase.strip().lower())
+    if not p:
+        return []
+    return [m.span() for m in re.finditer(rf"(?<!\w){re.escape(p)}(?!\w)", text)]
+
+
+def is_match(generated: str, gold: str, choices: tuple[str, ...] | None = None) -> bool:
+    """Whether a free answer is right, extracted by answer type as lm-eval's filters do.
+
+    - Numeric gold ("12", "-3.5", "1,000"): the first number written in digits
+      in the answer's first sentence, after its "=" when it has one (a
+      restated sum "5 + 7 = 12" gives 12), compared as a number ("12.0" and
+      "012" match 12; "120" does not; number words such as "twelve" do not
+      count: digits only).
+    - Any gold: the answer starts with it at a word boundary ("Paris." and
+      "Paris is" match "Paris"; "10" does not match "1"), as before.
+    - Text gold: or it occurs as a whole word or phrase within the answer's
+      first sentence (after fillers such as "Sure!"): "The capital of France
+      is Paris." matches "Paris". With choices (a choice item answered
+      freely), either way no other choice may occur in that sentence,
+      except inside the gold's own words ("New York" holds "York"):
+      "Paris or London" is not an answer.
+    """
+    number = as_number(gold)
+    if number is not None:
+        found = answer_number(generated)
+        return found is not None and found == number
     g, t = normalise(gold), normalise(generated)
-    return t == g or (t.startswith(g) and not t[len(g)].isalnum())
+    starts = t == g or (t.startswith(g) and not t[len(g)].isalnum())
+    sentence = answer_sentence(generated)
+    hits = _spans(gold, sentence)
+    if not (starts or hits):
+        return False
+    others = [c for c in choices or () if normalise(c) != g]
+    return not any(not any(a <= x and y <= b for a, b in hits) for c in others for x, y in _spans(c, sentence))
 
 
 @torch.inference_mode()
@@ -124,10 +199,11 @@ def greedy(model, prompts: list[list[int]], max_new: int, pad: int, eos_id: int 
 
 
 def decoding_budget(chunk: list[Encoded]) -> int:
-    """New tokens to decode for a batch: the longest answer and 2 more, at most
-    MAX_NEW, and at most what each probe's max_length leaves after BOS, the
-    chat header and one prompt token."""
-    want = min(max(e.n_answer for e in chunk) + 2, MAX_NEW)
+    """New tokens to decode for a batch: the longest answer and SENTENCE more
+    (room for "The capital of France is" before it), at most MAX_NEW, and at
+    most what each probe's max_length leaves after BOS, the chat header and
+    one prompt token."""
+    want = min(max(e.n_answer for e in chunk) + SENTENCE, MAX_NEW)
     return max(1, min([want] + [e.max_length - e.n_head - 1 for e in chunk if e.max_length is not None]))
 
 
@@ -224,15 +300,18 @@ def answer_items(base_ck, tuned_cks, estimators, probes, encoded, chat, max_leng
     def generate(model, offsets_of=None):
         return generate_all(model, tok, with_answer, batch_size, offsets_of, vocab)
 
-    base_texts = generate(base_ck.model)
-    base_ll, cnt, _ = choices(base_ck.model)
+    with base_ck.active():  # adapters sharing the base: all off
+        base_texts = generate(base_ck.model)
+        base_ll, cnt, _ = choices(base_ck.model)
     tick()
     frames = []
     for ck, est in zip(tuned_cks, estimators):
-        t_texts = generate(ck.model)
+        with ck.active():  # an adapter sharing the base: only it on
+            t_texts = generate(ck.model)
         tick()
-        c_texts = generate(ck.model, est.for_probes)
-        t_ll, _, c_ll = choices(ck.model, est.for_probes)
+        with ck.active():
+            c_texts = generate(ck.model, est.for_probes)
+            t_ll, _, c_ll = choices(ck.model, est.for_probes)
         tick()
         frames.append(_items_frame(ck.label, probes, with_answer, keys, cnt,
                                    (base_texts, base_ll), (t_texts, t_ll), (c_texts, c_ll)))
@@ -251,7 +330,7 @@ def _items_frame(label, probes, with_answer, keys, cnt, base, tuned, corrected) 
         row = {"checkpoint": label, "probe_index": e.index}
         for name, (texts, _) in (("base", base), ("tuned", tuned), ("corrected", corrected)):
             row[f"{name}_answer"] = texts[e.index]
-            row[f"{name}_correct"] = is_match(texts[e.index], p.answer)
+            row[f"{name}_correct"] = is_match(texts[e.index], p.answer, p.choices)
             if p.choices:
                 j = picks[name][e.index]
                 row[f"{name}_choice"] = p.choices[j]
@@ -259,9 +338,13 @@ def _items_frame(label, probes, with_answer, keys, cnt, base, tuned, corrected) 
         if p.choices:
             for name in ("base", "tuned"):
                 row[f"{name}_choice_per_token_correct"] = p.choices[per_token[name][e.index]] == p.answer
+        row["primary"] = "choice" if p.choices else "free"
+        for name in ("base", "tuned", "corrected"):  # choice items by choice log-likelihood, free items by generation
+            row[f"{name}_primary_correct"] = row[f"{name}_choice_correct" if p.choices else f"{name}_correct"]
         rows.append(row)
     schema = {f"{m}_{k}": t for m in ("base", "tuned", "corrected") for k, t in
-              (("answer", pl.String), ("correct", pl.Boolean), ("choice", pl.String), ("choice_correct", pl.Boolean))}
-    schema.update({"checkpoint": pl.String, "probe_index": pl.Int64,
+              (("answer", pl.String), ("correct", pl.Boolean), ("choice", pl.String), ("choice_correct", pl.Boolean),
+               ("primary_correct", pl.Boolean))}
+    schema.update({"checkpoint": pl.String, "probe_index": pl.Int64, "primary": pl.String,
                    "base_choice_per_token_correct": pl.Boolean, "tuned_choice_per_token_correct": pl.Boolean})
     return pl.DataFrame(rows, schema=schema)

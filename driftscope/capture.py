@@ -9,12 +9,13 @@ We then project the gathered (N, d_model) states ourselves.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from driftscope.architectures import softcap_of  # one reader of the softcap, for lens and outputs
 from driftscope.errors import DriftscopeError
+from driftscope.placement import head_device
 from driftscope.probes import Probe
 
 NEXT, ANSWER = 0, 1  # position kinds: right after the prompt / inside the gold answer
@@ -37,12 +38,33 @@ class Encoded:
     ids: tuple[int, ...]
     n_prompt: int
     n_answer: int
-    truncated: int  # prompt tokens dropped from the middle to fit max_length
+    truncated: int  # prompt tokens dropped to fit max_length: few-shot exemplars first, then the middle
     n_head: int = 0  # leading prompt tokens never dropped: BOS and the chat header
     max_length: int | None = None  # the most tokens the probe may take, decoded ones included
+    n_shots: int = 0  # tokens of few-shot exemplars kept after the head: the first to go
+
+
+def probe_chat(probe: Probe, chat: bool) -> bool:
+    """The chat-template choice for a probe: its suite's when set, else the run's."""
+    return chat if probe.chat is None else probe.chat
+
+
+def resolve_chat(probes: list[Probe], tokenizer, mode: str) -> list[Probe]:
+    """The probes with their suites' chat choices settled: an explicit --chat-template
+    on or off wins over every suite's header (the probes follow the run); with
+    auto, a suite saying "on" needs a chat template."""
+    if mode in ("on", "off"):
+        return [replace(p, chat=None) if p.chat is not None else p for p in probes]
+    wants = sorted({p.suite for p in probes if p.chat})
+    if wants and not getattr(tokenizer, "chat_template", None):
+        raise DriftscopeError(f"suite {wants[0]!r} asks for the chat template, and the base tokenizer has none",
+                              "use --chat-template off, or remove \"chat_template\" from the suite's _suite header")
+    return probes
 
 
 def render_prompt(tokenizer, prompt: str, chat: bool) -> str:
+    """The prompt as the model sees it; with the chat template, all of it
+    (few-shot exemplars included) is the one user turn."""
     if chat:
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     return prompt
@@ -53,7 +75,12 @@ def header_text(tokenizer, chat: bool) -> str:
     template's system turn and user header, or nothing."""
     if not chat:
         return ""
-    rendered = render_prompt(tokenizer, PLACEHOLDER, chat)
+    return _before_content(tokenizer, "", chat)
+
+
+def _before_content(tokenizer, prefix: str, chat: bool) -> str:
+    """The rendered text before the user's content that follows `prefix`."""
+    rendered = render_prompt(tokenizer, prefix + PLACEHOLDER, chat)
     return rendered.split(PLACEHOLDER)[0] if PLACEHOLDER in rendered else ""
 
 
@@ -101,6 +128,16 @@ def cut_middle(ids: list[int], n_head: int, room: int) -> list[int]:
     return ids[: head + front] + ids[len(ids) - back:]
 
 
+def fit(ids: list[int], n_head: int, n_shots: int, room: int) -> list[int]:
+    """At most `room` of `ids` (= head, exemplars, the item's own prompt): the
+    exemplars go first, earliest tokens first; only when the item's prompt
+    still does not fit is its middle cut (cut_middle), so its end is kept."""
+    if len(ids) <= room:
+        return ids
+    drop = min(len(ids) - room, n_shots)
+    return cut_middle(ids[:n_head] + ids[n_head + drop:], n_head, room)
+
+
 def head_length(tokenizer, chat: bool) -> int:
     """Tokens of BOS and the chat header: what every prompt starts with."""
     return len(token_ids(tokenizer, header_text(tokenizer, chat), not chat))
@@ -108,25 +145,32 @@ def head_length(tokenizer, chat: bool) -> int:
 
 def encode(probe: Probe, index: int, tokenizer, chat: bool, max_length: int, header: str | None = None) -> Encoded:
     """Token ids of prompt + answer, at most max_length of them. The answer is
-    kept whole where it fits; a prompt too long loses the middle of its
-    content, never BOS, the chat header or its end. `header`: header_text()."""
-    text = render_prompt(tokenizer, probe.prompt, chat)
-    special = not chat  # a chat template writes its own BOS
+    kept whole where it fits; a prompt too long loses its few-shot exemplars
+    first (earliest tokens first), then the middle of its own content, never
+    BOS, the chat header or its end. The exemplars sit inside the user turn
+    of the chat template. `header`: header_text(tokenizer, chat)."""
+    use = probe_chat(probe, chat)
+    text = render_prompt(tokenizer, probe.text, use)
+    special = not use  # a chat template writes its own BOS
     if probe.answer is None:
         prompt_ids, answer_ids = token_ids(tokenizer, text, special), []
     else:
         prompt_ids, answer_ids = split_pair(tokenizer, text, probe.answer, special)
-    head = header_text(tokenizer, chat) if header is None else header
+    head = header_text(tokenizer, use) if header is None or use != chat else header
     n_head = common_prefix(token_ids(tokenizer, head, special), prompt_ids)
+    n_shots = 0
+    if probe.shots:
+        n_shots = max(0, common_prefix(token_ids(tokenizer, head + probe.shots, special), prompt_ids) - n_head)
     answer_ids = answer_ids[: max(0, max_length - n_head - 1)]
-    kept = cut_middle(prompt_ids, n_head, max_length - len(answer_ids))
-    return Encoded(index, tuple(kept + answer_ids), len(kept), len(answer_ids), len(prompt_ids) - len(kept),
-                   n_head, max_length)
+    kept = fit(prompt_ids, n_head, n_shots, max_length - len(answer_ids))
+    truncated = len(prompt_ids) - len(kept)
+    return Encoded(index, tuple(kept + answer_ids), len(kept), len(answer_ids), truncated,
+                   n_head, max_length, max(0, n_shots - truncated))
 
 
 def encode_all(probes: list[Probe], tokenizer, chat: bool, max_length: int) -> list[Encoded]:
     """encode() every probe; a max length with no room for a prompt is refused."""
-    head = head_length(tokenizer, chat)
+    head = max(head_length(tokenizer, m) for m in {probe_chat(p, chat) for p in probes} | {chat})
     if max_length < head + 2:
         raise DriftscopeError(f"--max-length {max_length} leaves no room for a prompt: a probe needs {head + 2} tokens at least "
                               f"(BOS and chat header: {head}; one prompt token; one answer token)",
@@ -137,9 +181,9 @@ def encode_all(probes: list[Probe], tokenizer, chat: bool, max_length: int) -> l
 
 def decoding_prompt(e: Encoded, max_new: int) -> list[int]:
     """The prompt to decode from, cut so that it and max_new tokens fit max_length
-    (absolute position embeddings have no row past the context)."""
+    (absolute position embeddings have no row past the context): exemplars first."""
     prompt = list(e.ids[: e.n_prompt])
-    return prompt if e.max_length is None else cut_middle(prompt, e.n_head, e.max_length - max_new)
+    return prompt if e.max_length is None else fit(prompt, e.n_head, e.n_shots, e.max_length - max_new)
 
 
 @dataclass
@@ -283,14 +327,15 @@ def capture(model: torch.nn.Module, modules: dict[str, torch.nn.Module] | None =
 
     def shrink_head(_module, args):
         hidden = args[0]  # (B, T, d_model)
-        if hidden.dim() != 3:  # our own call in project() on gathered states
+        if hidden.dim() != 3 or state.rows is None:  # project() on gathered states, or another state's pass
             return None
         state.final = hidden[state.rows, state.cols]
         return (hidden[:, :1, :],) + tuple(args[1:])  # the model's own logits: (B, 1, V), unused
 
     def gather(name):
         def hook(_module, _args, output):
-            state.modules[name] = _first(output)[state.rows, state.cols]
+            if state.rows is not None:  # a model shared by checkpoints (adapters) runs others' passes too
+                state.modules[name] = _first(output)[state.rows, state.cols]
 
         return hook
 
@@ -306,8 +351,10 @@ def capture(model: torch.nn.Module, modules: dict[str, torch.nn.Module] | None =
 
 def project(model, hidden: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     """LM head on gathered states -> (log-probs over ids [0, vocab), log-mass
-    on ids >= vocab), both float32. (N, d_model) -> (N, vocab), (N,)."""
-    logits = model.get_output_embeddings()(hidden).float()
+    on ids >= vocab), both float32. (N, d_model) -> (N, vocab), (N,).
+    The head computes wherever it landed (--device-map); the results come back
+    to the states' device."""
+    logits = model.get_output_embeddings()(hidden.to(head_device(model))).float().to(hidden.device)
     cap = softcap_of(model)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -321,7 +368,10 @@ def forward(model, state: CaptureState, batch: Batch) -> None:
     """One forward pass: fills state.final (N, d_model) and state.modules."""
     state.rows, state.cols = batch.rows, batch.cols
     state.modules.clear()
-    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    try:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    finally:  # the hooks act on this pass only: a model shared by checkpoints runs each one's
+        state.rows = state.cols = None
 
 
 @torch.inference_mode()

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, rich_markup_mode="rich", no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Is held-out forgetting after a fine-tune lost knowledge, or output bias?")
 probes_app = typer.Typer(no_args_is_help=True, help="List and validate probe suites.")
 app.add_typer(probes_app, name="probes")
@@ -83,10 +83,13 @@ def compare(
     tuned: Annotated[list[Path], typer.Argument(help="Tuned model or PEFT adapter folders; several give drift over training.")],
     probes: Annotated[Optional[list[str]], typer.Option("--probes", "-p", help="Suite file or built-in suite name (repeatable). Default: general.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device_map: Annotated[Optional[str], typer.Option(help="Spread a model too big for one device (accelerate): auto, balanced, balanced_low_0 or sequential.")] = None,
+    max_memory: Annotated[Optional[str], typer.Option(help="With --device-map: memory per device, e.g. 0=20GiB,cpu=60GiB.")] = None,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Probes per forward pass.")] = 16,
     max_length: Annotated[Optional[int], typer.Option(help="Tokens per probe (default: the model's context).")] = None,
     chat_template: Annotated[str, typer.Option(help="auto, on or off: wrap prompts in the chat template.")] = "auto",
+    fewshot: Annotated[Optional[int], typer.Option(help="Exemplars from the same suite before each prompt (default: the suite's own, else 0).")] = None,
     cls: Annotated[Optional[list[str]], typer.Option("--class", help="Extra token class NAME=REGEX (repeatable).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder the run is written under.")] = Path("reports"),
     name: Annotated[Optional[str], typer.Option(help="Run folder name (default: time and model names).")] = None,
@@ -120,8 +123,8 @@ def compare(
             result = driftscope.compare(
                 base, tuned, probes, classes=parse_classes(cls or []), out=out_dir, name=name, overwrite=overwrite,
                 progress=progress,
-                device=device, dtype=dtype, batch_size=batch_size, max_length=max_length,
-                chat_template=chat_template, seed=seed, allow_pickle=allow_pickle, thresholds=thresholds,
+                device=device, device_map=device_map, max_memory=max_memory, dtype=dtype, batch_size=batch_size, max_length=max_length,
+                chat_template=chat_template, fewshot=fewshot, seed=seed, allow_pickle=allow_pickle, thresholds=thresholds,
                 html=not no_html, weights=not no_weights, layers=not no_layers, accuracy=not no_accuracy,
             )
         except KeyboardInterrupt as e:  # the run folder appears whole or not at all (DriftResult.to_dir)

@@ -12,9 +12,9 @@ from scipy import stats
 from driftscope.verdict import Thresholds
 
 def item_correlations(items: pl.DataFrame, th: Thresholds, seed: int) -> dict:
-    """Across items: accuracy change (-1, 0, +1) against next-token KL and numeric shift."""
-    df = items.filter(pl.col("base_correct").is_not_null())
-    change = df["tuned_correct"].cast(pl.Int8).to_numpy() - df["base_correct"].cast(pl.Int8).to_numpy()
+    """Across items: primary accuracy change (-1, 0, +1) against next-token KL and numeric shift."""
+    df = items.filter(pl.col("base_primary_correct").is_not_null())
+    change = df["tuned_primary_correct"].cast(pl.Int8).to_numpy() - df["base_primary_correct"].cast(pl.Int8).to_numpy()
     return {
         "kl": correlation(df["kl_next"].to_numpy(), change, th.bootstrap, seed),
         "numeric_shift": correlation(df["numeric_shift_next"].to_numpy(), change, th.bootstrap, seed),
@@ -22,7 +22,7 @@ def item_correlations(items: pl.DataFrame, th: Thresholds, seed: int) -> dict:
 
 
 def group_correlations(rows: list[dict], th: Thresholds, seed: int) -> dict:
-    """Across suites or checkpoints: accuracy change against KL mean and each class shift."""
+    """Across suites or checkpoints: primary accuracy change against KL mean and each class shift."""
     rows = [r for r in rows if r.get("accuracy_change") is not None and not np.isnan(r["accuracy_change"])]
     change = [r["accuracy_change"] for r in rows]
     out = {"kl": correlation([r["kl"]["mean"] for r in rows], change, th.bootstrap, seed)}

@@ -57,17 +57,21 @@ FIGURES: tuple[str, ...] = (
     "accuracy_base", "accuracy_tuned", "accuracy_change",
     "accuracy_change_ci.lo", "accuracy_change_ci.hi", "mcnemar_p", "recovered", "verdict",
     "accuracy_corrected", "explained", "weights.rel_change",
+    "n_choice_items", "free_accuracy_base", "free_accuracy_tuned", "free_accuracy_change", "free_mcnemar_p",
 )
 # Figures that need gold answers: a suites.* rule skips suites with verdict "no-answers".
 _NEEDS_ANSWERS = frozenset({"accuracy_base", "accuracy_tuned", "accuracy_change", "accuracy_corrected",
                             "accuracy_change_ci", "mcnemar_p", "recovered", "explained", "verdict",
-                            "n_items", "items_lost", "items_gained"})
+                            "n_items", "items_lost", "items_gained", "n_choice_items", "free_accuracy_base",
+                            "free_accuracy_tuned", "free_accuracy_change", "free_mcnemar_p"})
 FIGURES_HINT = (
     "figures: n_probes, n_positions, top1_agreement, n_items, items_lost, items_gained, nonfinite_positions, "
     "truncated_prompts, new_token_mass, weights.rel_change, "
     "{kl,kl_reverse,js,entropy_base,entropy_tuned,base_top1_rank,p_gold,q_gold}.{mean,se,median,p90,p95,p99,p99_9,max,n}, "
     "classes.<class>.{base,tuned,shift,shift_se,log_odds_shift}, kl_split.{between,within,between_share}, "
-    "accuracy_{base,tuned,corrected,change}, accuracy_change_ci.{lo,hi}, mcnemar_p, recovered, explained, verdict; "
+    "accuracy_{base,tuned,corrected,change}, accuracy_change_ci.{lo,hi}, mcnemar_p, recovered, explained, verdict "
+    "(accuracy is primary: choice log-likelihood for choice items, free answer for the rest), n_choice_items, "
+    "free_accuracy_{base,tuned,change}, free_mcnemar_p (free answers of the choice items); "
     "each also per suite as suites.<suite>.<figure> or suites.*.<figure>"
 )
 _RULE_KEYS = ("figure", *OPERATORS, "message", "name")

@@ -50,6 +50,7 @@ from driftscope.architectures import Architecture, ArchitectureError, discover
 from driftscope.capture import NEXT, Batch, CaptureState, block_rows, padded_index
 from driftscope.metrics import activations as A
 from driftscope.metrics import divergence as D
+from driftscope.own_change import OwnChange, own_where
 from driftscope.tokenclasses import ClassTable
 
 COMPONENTS = ("attn", "mlp")
@@ -108,6 +109,7 @@ class LayerAccumulator:
         self.L = self.base.num_layers
         self.lens_idx = sorted({round(x) for x in np.linspace(0, self.L - 1, min(lens_layers, self.L))})
         self.comp = {"base": component_modules(self.base), "tuned": component_modules(self.tuned)}
+        self.own = OwnChange(_own_units(self.base, self.tuned, self.comp), self.L)  # own_change.py
         self.membership = classes.membership.double()  # (V, C)
         self.lens_rows = lens_rows or block_rows(vocab)  # rows of (rows, vocab) lens log-probs per side at once
         # The lens costs a head projection per layer: at most `lens_layers` evenly
@@ -146,6 +148,7 @@ class LayerAccumulator:
         self.lens = {"kl": z(L), "base": z(L, C), "tuned": z(L, C)}  # next positions
         self.cmp = {c: {"rel_hidden": z(L), "rel_logit": z(L), "rms": z(L), "shift": z(L, C)} for c in COMPONENTS}
         self.cka = [A.CKAStats(self.d, self.proj, self.device or "cpu") for _ in range(self.L)]
+        self.own.zero(self.device or "cpu")
 
     # -- hooks -------------------------------------------------------------
 
@@ -199,7 +202,11 @@ class LayerAccumulator:
                     acc["rel_logit"][i] += A.rel_l2_from_squares(delta_sq, base_sq).sum()
                     acc["rms"][i] += (delta_sq / self.vocab).sqrt().sum()
                     acc["shift"][i] += shift.sum(0)
+        self.own.update(hb, nxt, self.head_b, f64)
         if len(nxt):
+            last = f"layer.{self.L - 1}"
+            self.own.update_final(f64(hb[last][nxt]), f64(ht[last][nxt]), f64(base_state.final[nxt]),
+                                  f64(tuned_state.final[nxt]), self.head_b, self.head_t, self.cross, self.cross is not None)
             self._lens(hb, ht, nxt)
 
     def _lens(self, hb: dict, ht: dict, nxt: torch.Tensor) -> None:
@@ -253,7 +260,7 @@ class LayerAccumulator:
         for j, name in enumerate(names):
             layers[f"lens_{name}_base"] = self._lensed(nan_if(self.n_next, lens["base"][:, j] / k))
             layers[f"lens_{name}_tuned"] = self._lensed(nan_if(self.n_next, lens["tuned"][:, j] / k))
-        rows = []
+        rows, own = [], self.own.columns(self.n_pos, self.n_next)
         for i in range(L):
             for c in COMPONENTS:
                 acc = cmp[c]
@@ -264,6 +271,7 @@ class LayerAccumulator:
                        "logit_change_rms": acc["rms"][i] / k if self.n_next else math.nan}
                 for j, name in enumerate(names):
                     row[f"{name}_logit_shift"] = float(acc["shift"][i, j] / k) if self.n_next else math.nan
+                row.update({key: v[i] for key, v in own[c].items()})
                 rows.append(row)
         schema = {"layer": pl.Int32, "n_positions": pl.Int64, "n_next": pl.Int64, "cka_dims": pl.Int32}
         frame = pl.DataFrame(layers).with_columns(pl.col(c).cast(t) for c, t in schema.items())
@@ -278,7 +286,28 @@ class LayerAccumulator:
 
     def headline(self, fraction: float = ENTRY_FRACTION) -> dict:
         t = self.tables()
-        return entry_point(t["layers"], t["components"], fraction)
+        out = entry_point(t["layers"], t["components"], fraction)
+        head = self.own.head_figures(self.n_next)
+        out.update(head, **own_where(t["components"], head))
+        own = out["own_sentence"]
+        out["sentence"] = f"{own[0].upper()}{own[1:]}. {out['sentence']}"  # own change first, then the inherited figures
+        return out
+
+    def own_hooks(self, base_state: CaptureState):
+        """Context manager for the base pass: the own-change pre-hooks (own_change.py)."""
+        return self.own.hooks(base_state)
+
+    def own_pending(self) -> None:
+        """Own change of components the tuned model shares with the base (an
+        adapter's): call right after the tuned pass, with the checkpoint active."""
+        self.own.run_pending()
+
+
+def _own_units(base: Architecture, tuned: Architecture, comp: dict) -> dict[str, list[tuple]]:
+    """(base module, tuned module, tuned post norm, base post norm) per component and layer."""
+    post = base.family in _POST_NORMED
+    return {c: [(b, t, comp["tuned"][c][i] if post else None, comp["base"][c][i] if post else None)
+                for i, (b, t) in enumerate(zip(getattr(base, c), getattr(tuned, c)))] for c in COMPONENTS}
 
 
 def entry_point(layers: pl.DataFrame, components: pl.DataFrame, fraction: float = ENTRY_FRACTION) -> dict:
@@ -307,7 +336,8 @@ def entry_point(layers: pl.DataFrame, components: pl.DataFrame, fraction: float 
         out.update(component=top["component"], component_layer=int(top["layer"]),
                    component_logit_change_rms=_num(top["logit_change_rms"]))
     where = f"layer {entry} of {len(rel)} (layers 0-{len(rel) - 1})"
-    what = (f"; the largest direct logit change up to there is layer {out['component_layer']}'s {out['component']}"
+    what = (f"; the largest direct logit change up to there, inherited change included, is layer "
+            f"{out['component_layer']}'s {out['component']}"
             if out["component"] else "")
     out["sentence"] = (f"Drift enters at {where}: rel. L2 change {rel[entry]:.3g} reaches {fraction:.0%} "
                        f"of the final layer's {rel[-1]:.3g}{what}.")

@@ -328,6 +328,7 @@ def _header(path: Path, name: str, task: str | None, version: str | None, result
              **{k: v for k, v in results.items() if k != "version"}}
     where = f"lm-eval task {task or '(unknown)'}" + (f" version {version}" if version else "")
     shots = f", {results['n_shot']}-shot" if "n_shot" in results else ""
+    # The contexts are lm-eval's exact text (its exemplars and any chat rendering included): never wrapped again.
     header = {"name": name, "version": version, "description": f"{where}{shots}, imported from {path.name}",
-              "lm_eval": {k: v for k, v in facts.items() if v is not None}}
+              "chat_template": "off", "lm_eval": {k: v for k, v in facts.items() if v is not None}}
     return {k: v for k, v in header.items() if v is not None}

@@ -13,6 +13,11 @@ goes on that plain base model, as it was trained (unless its config names the
 BASE adapter itself): two adapters of one model compare as M+A against M+B.
 An adapter given as TUNED whose config names another base model than BASE (a
 hub id, another folder) gets such a warning too, and is applied to BASE anyway.
+
+Adapters share one resident base: every LoRA-family adapter on BASE loads into
+one PeftModel over BASE's own model (no copy of the base weights). Each
+checkpoint's `active()` selects what a pass runs: the base with the adapters
+disabled, an adapter with only itself enabled.
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ import logging
 import pickle
 import re
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from driftscope.errors import ModelError, TokenizerMismatch
+from driftscope.placement import keep_alive, placement, with_offload_folder
+from driftscope.gguf_input import gguf_fingerprint, is_gguf, load_gguf_model, load_gguf_tokenizer
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SAFETENSORS = "adapter_model.safetensors"
@@ -48,12 +55,25 @@ class Checkpoint:
 
     label: str
     path: str
-    kind: str  # "model" or "adapter"
+    kind: str  # "model", "adapter" or "gguf" (a .gguf file, dequantised)
     fingerprint: str
     model: torch.nn.Module
     tokenizer: object
     model_path: str = ""  # the full model's folder: `path`, or for an adapter the base it was applied to
     warning: str | None = None  # one line the user must see (and summary.json records)
+    adapter: str | None = None  # the adapter's name in the shared PeftModel (`model`), when it shares the base
+    shared: object = None  # a base's PeftModel holding the adapters loaded on it (they live inside `model`)
+    placement: dict = field(default_factory=dict)  # from_pretrained's device_map/max_memory (driftscope.placement)
+
+    def active(self):
+        """A context in which `model` computes this checkpoint: wrap every pass in it.
+        A full model: nothing to do. A shared adapter: only it enabled. A base
+        carrying shared adapters: all of them disabled."""
+        if self.adapter is not None:
+            return _only_adapter(self.model, self.adapter)
+        if self.shared is not None:
+            return self.shared.disable_adapter()
+        return nullcontext()
 
     @property
     def n_ctx(self) -> int | None:
@@ -90,7 +110,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def checkpoint_kind(path: Path) -> str:
-    """'model' or 'adapter', or a ModelError saying what the folder is not."""
+    """'model', 'adapter' or 'gguf', or a ModelError saying what the path is not."""
+    if is_gguf(path):
+        return "gguf"
     if not path.exists():
         raise ModelError(f"{path}: no such folder", "pass a local Hugging Face model or PEFT adapter folder")
     if not path.is_dir():
@@ -162,14 +184,17 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
-def _load_model(path: Path, device: torch.device, dtype: torch.dtype, allow_pickle: bool) -> torch.nn.Module:
+def _load_model(path: Path, device: torch.device, dtype: torch.dtype, allow_pickle: bool,
+                placement: dict | None = None) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     _weight_files(path, allow_pickle)
+    kwargs, offload = with_offload_folder(placement or {})
     try:
         with _quiet_transformers():
             model, info = AutoModelForCausalLM.from_pretrained(
                 path,
+                **kwargs,
                 dtype=dtype,
                 local_files_only=True,
                 trust_remote_code=False,
@@ -181,6 +206,9 @@ def _load_model(path: Path, device: torch.device, dtype: torch.dtype, allow_pick
     except Exception as e:  # noqa: BLE001 - whatever a broken folder raises, the user gets one line
         raise ModelError(f"{path}: cannot load as a causal language model ({_first_line(e)})") from None
     _check_loading_info(path, info)
+    keep_alive(model, offload)
+    if kwargs:  # placed by accelerate: moving it would undo the map
+        return model.eval().requires_grad_(False)
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -257,14 +285,14 @@ def _same_model(named: str | None, base_path: str) -> bool:
     if named_path is None or not named_path.is_dir():
         return False
     base = Path(base_path)
-    return named_path.resolve() == base.resolve() or fingerprint(named_path) == fingerprint(base)
+    return named_path.resolve() == base.resolve() or (base.is_dir() and fingerprint(named_path) == fingerprint(base))
 
 
 def _adapter_target(adapter: Path, base: Checkpoint) -> tuple[bool, str | None]:
     """Whether the adapter goes on BASE's own model (else, BASE being an adapter merged in memory,
     on the plain model under it), and one line when its config names another base model."""
     named = _adapter_config(adapter).get("base_model_name_or_path")
-    on_base = base.kind == "model" or _same_model(named, base.path)  # an adapter trained on BASE's adapter
+    on_base = base.kind != "adapter" or _same_model(named, base.path)  # an adapter trained on BASE's adapter
     target = base.path if on_base else base.model_path
     if not named or _same_model(named, target):
         return on_base, None
@@ -272,8 +300,10 @@ def _adapter_target(adapter: Path, base: Checkpoint) -> tuple[bool, str | None]:
                      "applied to it anyway (check it is the model the adapter was trained on)")
 
 
-def load_base(path: str | Path, device="auto", dtype="auto", allow_pickle=False) -> Checkpoint:
+def load_base(path: str | Path, device="auto", dtype="auto", allow_pickle=False,
+              device_map: str | None = None, max_memory: str | None = None) -> Checkpoint:
     path = Path(path)
+    place = placement(device_map, max_memory)
     kind = checkpoint_kind(path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -285,13 +315,15 @@ def load_base(path: str | Path, device="auto", dtype="auto", allow_pickle=False)
         log.warning(warning)
         return Checkpoint(adapted.label, str(path), "adapter", adapted.fingerprint, model, adapted.tokenizer,
                           model_path=base.path, warning=warning)
-    model = _load_model(path, dev, dt, allow_pickle)
+    if kind == "gguf":
+        return _load_gguf(path, path.name, dev, dt)
+    model = _load_model(path, dev, dt, allow_pickle, place)
     return Checkpoint(path.name or str(path), str(path), "model", fingerprint(path), model, _load_tokenizer(path),
-                      model_path=str(path))
+                      model_path=str(path), placement=place)
 
 
 def load_tuned(path: str | Path, base: Checkpoint, label: str | None = None, allow_pickle=False) -> Checkpoint:
-    """A full checkpoint, or a PEFT adapter applied to a copy of `base` in memory."""
+    """A full checkpoint, or a PEFT adapter applied to `base` in memory (its weights shared, not copied)."""
     path = Path(path)
     kind = checkpoint_kind(path)
     label = label or path.name or str(path)
@@ -299,27 +331,78 @@ def load_tuned(path: str | Path, base: Checkpoint, label: str | None = None, all
         return _load_adapter(path, base, label, allow_pickle)
     dev = next(base.model.parameters()).device
     dt = next(base.model.parameters()).dtype
-    model = _load_model(path, dev, dt, allow_pickle)
+    if kind == "gguf":
+        return _load_gguf(path, label, dev, dt)
+    model = _load_model(path, dev, dt, allow_pickle, base.placement)
     tok = _load_tokenizer(path) if any(path.glob("tokenizer*")) else base.tokenizer
-    return Checkpoint(label, str(path), "model", fingerprint(path), model, tok, model_path=str(path))
+    return Checkpoint(label, str(path), "model", fingerprint(path), model, tok, model_path=str(path),
+                      placement=base.placement)
+
+
+def _load_gguf(path: Path, label: str, device: torch.device, dtype: torch.dtype) -> Checkpoint:
+    model = load_gguf_model(path, device, dtype)
+    return Checkpoint(label, str(path), "gguf", gguf_fingerprint(path), model, load_gguf_tokenizer(path),
+                      model_path=str(path))
+
+
+SHARED_TYPES = ("LORA", "IA3", "LOHA", "LOKR")  # adapter types that load side by side into one PeftModel
 
 
 def _load_adapter(path: Path, base: Checkpoint, label: str, allow_pickle: bool) -> Checkpoint:
-    from peft import PeftModel
-
     on_base, warning = _adapter_target(path, base)  # also checks adapter_config.json
     _adapter_weights(path, allow_pickle)
-    if on_base:
-        model = copy.deepcopy(base.model)
-    else:  # BASE is another adapter, merged: this one goes on the plain model, as it was trained
-        param = next(base.model.parameters())
-        model = _load_model(Path(base.model_path), param.device, param.dtype, allow_pickle)
+    peft_type = str(_adapter_config(path).get("peft_type", "")).upper()
+    name = None
     logging.getLogger("peft").setLevel(logging.ERROR)
+    with _adapter_errors(path, base):
+        if on_base and peft_type in SHARED_TYPES and _shared_type(base) in (None, peft_type):
+            model, name = _add_shared(path, base)
+        else:  # a copy of the base (prompt learning, a second adapter type), or, BASE being another
+            # adapter merged, the plain model under it, as this adapter was trained
+            from peft import PeftModel
+
+            param = next(base.model.parameters())
+            plain = (copy.deepcopy(base.model) if on_base
+                     else _load_model(Path(base.model_path), param.device, param.dtype, allow_pickle))
+            model = PeftModel.from_pretrained(plain, str(path), is_trainable=False, local_files_only=True)
+    if warning:
+        log.warning(warning)
+    tok = _load_tokenizer(path) if (path / "tokenizer_config.json").is_file() else base.tokenizer
+    return Checkpoint(label, str(path), "adapter", fingerprint(path), model.eval(), tok,
+                      model_path=base.path if on_base else base.model_path, warning=warning, adapter=name)
+
+
+def _shared_type(base: Checkpoint) -> str | None:
+    """The peft type of the adapters sharing `base`, None while it has none."""
+    if base.shared is None:
+        return None
+    return str(next(iter(base.shared.peft_config.values())).peft_type.value).upper()
+
+
+def _add_shared(path: Path, base: Checkpoint):
+    """Load the adapter into the PeftModel over base.model (made by the first one): (model, name)."""
+    from peft import PeftModel
+
+    if base.shared is None:
+        name = "driftscope_0"  # our own names: a label may hold characters a module name may not
+        base.shared = PeftModel.from_pretrained(base.model, str(path), adapter_name=name, is_trainable=False,
+                                                local_files_only=True)
+    else:
+        name = f"driftscope_{len(base.shared.peft_config)}"
+        base.shared.load_adapter(str(path), adapter_name=name, is_trainable=False, local_files_only=True)
+    base.shared.eval().requires_grad_(False)
+    return base.shared, name
+
+
+@contextmanager
+def _adapter_errors(path: Path, base: Checkpoint):
+    """Whatever peft raises on a wrong base or a broken file, as one line."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            # peft reads adapter_model.bin with torch.load(weights_only=True)
-            model = PeftModel.from_pretrained(model, str(path), is_trainable=False, local_files_only=True)
+            yield  # peft reads adapter_model.bin with torch.load(weights_only=True)
+    except ModelError:
+        raise
     except pickle.UnpicklingError as e:  # weights_only refused what the pickle holds
         raise ModelError(f"{path / ADAPTER_PICKLE}: refused by weights_only loading ({_first_line(e)})",
                          "it holds more than tensors: save the adapter again, as safetensors") from None
@@ -330,11 +413,12 @@ def _load_adapter(path: Path, base: Checkpoint, label: str, allow_pickle: bool) 
                              "pass the base model the adapter was trained on") from None
         raise ModelError(f"{path}: cannot apply the adapter to the base model {base.path} ({_detail(e)})",
                          "check that the adapter folder is complete and was trained on this base model") from None
-    if warning:
-        log.warning(warning)
-    tok = _load_tokenizer(path) if (path / "tokenizer_config.json").is_file() else base.tokenizer
-    return Checkpoint(label, str(path), "adapter", fingerprint(path), model.eval(), tok,
-                      model_path=base.path if on_base else base.model_path, warning=warning)
+
+
+@contextmanager
+def _only_adapter(model, name: str):
+    model.set_adapter(name, inference_mode=True)  # inference_mode: its weights stay requires_grad=False
+    yield
 
 
 _SIZE_MISMATCH = re.compile(r"size mismatch for (?P<name>\S+): copying a param with shape torch\.Size\((?P<file>\[[^\]]*\])\) "
@@ -346,7 +430,7 @@ def _size_mismatch(e: Exception) -> str | None:
     m = _SIZE_MISMATCH.search(str(e))
     if m is None:
         return None
-    name = m["name"].removeprefix("base_model.model.").replace(".default.", ".")
+    name = re.sub(r"\.(default|driftscope_\d+)\.", ".", m["name"].removeprefix("base_model.model."))
     return f"{name} is {_shape(json.loads(m['file']))} in the adapter, {_shape(json.loads(m['model']))} on the base"
 
 

@@ -8,6 +8,11 @@ A JSONL suite may open with a header line naming it:
 
     {"_suite": {"name": "arithmetic", "version": "1.0", "description": "..."}}
 
+The header may also set how the suite is run: "fewshot": K (exemplars
+prepended to each prompt by default; --fewshot overrides it) and
+"chat_template": "auto" | "on" | "off" (an explicit --chat-template on or off
+overrides it; lm-eval imports say "off": their context is already rendered).
+
 Other formats take their name from the file stem. Every problem is a
 ProbeError that names the file and the line, never a traceback.
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from driftscope.errors import ProbeError
@@ -36,6 +41,13 @@ class Probe:
     choices: tuple[str, ...] | None = None
     task: str = ""
     tags: tuple[str, ...] = ()
+    shots: str = ""  # few-shot exemplars rendered before the prompt (driftscope.fewshot), "" for none
+    chat: bool | None = None  # the suite's own chat-template choice; None: the run's
+
+    @property
+    def text(self) -> str:
+        """What the model is shown: the exemplars, then the prompt."""
+        return self.shots + self.prompt
 
     @property
     def is_choice(self) -> bool:
@@ -50,6 +62,8 @@ class ProbeSuite:
     path: str
     hash: str  # sha256 of the file bytes: what was run
     probes: tuple[Probe, ...]
+    fewshot: int = 0  # the header's default number of exemplars
+    chat_template: str = "auto"  # the header's chat-template choice: auto, on or off
 
     def __len__(self) -> int:
         return len(self.probes)
@@ -99,7 +113,9 @@ def load_suite(spec: str | os.PathLike) -> ProbeSuite:
     else:
         raise ProbeError(f"{path}: unknown probe format {path.suffix!r}", "use .jsonl, .csv or .parquet")
     name = str(header.get("name") or path.stem)
-    probes = _validate(path, name, rows)
+    fewshot, chat_mode = _run_settings(path, header)
+    chat = {"auto": None, "on": True, "off": False}[chat_mode]
+    probes = tuple(replace(p, chat=chat) for p in _validate(path, name, rows))
     return ProbeSuite(
         name=name,
         version=str(header.get("version", "unversioned")),
@@ -107,7 +123,20 @@ def load_suite(spec: str | os.PathLike) -> ProbeSuite:
         path=str(path),
         hash=digest,
         probes=probes,
+        fewshot=fewshot,
+        chat_template=chat_mode,
     )
+
+
+def _run_settings(path: Path, header: dict) -> tuple[int, str]:
+    """The header's "fewshot" (an int >= 0) and "chat_template" (auto, on, off)."""
+    fewshot = header.get("fewshot", 0)
+    if isinstance(fewshot, bool) or not isinstance(fewshot, int) or fewshot < 0:
+        raise ProbeError(f"{path}: _suite fewshot must be a whole number >= 0, got {fewshot!r}", 'e.g. "fewshot": 3')
+    mode = header.get("chat_template", "auto")
+    if mode not in ("auto", "on", "off"):
+        raise ProbeError(f"{path}: _suite chat_template must be auto, on or off, got {mode!r}", 'e.g. "chat_template": "off"')
+    return fewshot, mode
 
 
 def list_suites() -> list[ProbeSuite]:

@@ -15,14 +15,17 @@ import torch
 
 from driftscope import __version__
 from driftscope.answers import OffsetEstimator, answer_items
-from driftscope.capture import block_rows, blocks, capture, encode_all, forward, make_batches, pad_id, project_block
+from driftscope.capture import (block_rows, blocks, capture, encode_all, forward, make_batches, pad_id, probe_chat,
+                                project_block, resolve_chat)
 from driftscope.correlations import group_correlations, item_correlations
 from driftscope.verdict import Thresholds, add_verdicts, sentence
 from driftscope.drift import DriftAccumulator
 from driftscope.layers import try_layer_accumulator
 from driftscope.memory import PhasePeaks, release_free_memory, rss_mb
 from driftscope.errors import DriftscopeError, ProbeError
+from driftscope.fewshot import with_shots
 from driftscope.models import Checkpoint, align_vocab, load_base, load_tuned
+from driftscope.placement import input_device
 from driftscope.probes import Probe, ProbeSuite, load_suite
 from driftscope.result import SCHEMA_VERSION, DriftResult, check_run_target, pause_if_testing
 from driftscope.tokenclasses import classes_for, vocab_width
@@ -37,9 +40,12 @@ class Settings:
     batch_size: int = 16  # CPU sweet spot for small models; raise it on a GPU
     max_length: int | None = None  # None: the model's context
     chat_template: str = "auto"  # auto: use the base tokenizer's template when it has one
+    fewshot: int | None = None  # exemplars before each prompt; None: each suite header's default (driftscope.fewshot)
     seed: int = 0
     top_tokens: int = 50  # gainers and losers kept in the tokens table
     allow_pickle: bool = False
+    device_map: str | None = None  # accelerate's device_map ("auto"...): a model bigger than one device
+    max_memory: str | None = None  # with device_map: "0=20GiB,cpu=60GiB"
 
 
 def load_suites(specs) -> list[ProbeSuite]:
@@ -104,13 +110,13 @@ def compare(
     if not tuned_paths:
         raise DriftscopeError("no tuned checkpoint given", "driftscope compare BASE TUNED [TUNED ...]")
     suites = load_suites(probes)
-    probe_list: list[Probe] = [p for suite in suites for p in suite.probes]
+    probe_list, shots_used = with_shots(suites, s.fewshot, s.seed)  # the same exemplars for the base and every checkpoint
 
     # An unwritable --out or an existing run fails now, not after the whole run.
     run_dir = None if out is None else check_run_target(Path(out) / (name or default_name(Path(base), tuned_paths)), overwrite)
     clock = {"start": time.perf_counter()}
     memory = PhasePeaks()
-    base_ck = load_base(base, s.device, s.dtype, s.allow_pickle)
+    base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
     pause_if_testing("loading")
     tuned_cks: list[Checkpoint] = []
     alignments = []
@@ -121,6 +127,7 @@ def compare(
 
     tok = base_ck.tokenizer
     chat = _use_chat(tok, s.chat_template)
+    probe_list = resolve_chat(probe_list, tok, s.chat_template)  # a suite header's chat choice, unless on/off was explicit
     n_ctx = base_ck.n_ctx or 2048
     max_length = min(n_ctx if s.max_length is None else s.max_length, n_ctx)
     encoded = encode_all(probe_list, tok, chat, max_length)  # refuses a max_length with no room for a prompt
@@ -141,7 +148,7 @@ def compare(
             layer_notes.append(note)
     base_modules = next((la.modules("base") for la in layer_accs if la is not None), None)
 
-    device = next(base_ck.model.parameters()).device
+    device = input_device(base_ck.model)  # the embedding's device: with --device-map, not any parameter's
     clock["loaded"] = time.perf_counter()
     release_free_memory()
     memory.mark("loaded")
@@ -150,6 +157,9 @@ def compare(
     resident = {}  # MiB after the first and after the last batch: what the pass keeps, its transients aside
     with ExitStack() as stack:
         base_state = stack.enter_context(capture(base_ck.model, base_modules))
+        for la in layer_accs:  # each tuned model's changed components, run on the base's inputs (own change)
+            if la is not None:
+                stack.enter_context(la.own_hooks(base_state))
         states = [stack.enter_context(capture(c.model, la.modules("tuned") if la is not None else None))
                   for c, la in zip(tuned_cks, layer_accs)]
         size = block_rows(vocab)
@@ -157,20 +167,26 @@ def compare(
             batch.to(device)
             # Each forward pass's temporaries go back to the OS before the next step
             # allocates its own: the peak is then one step's, not two steps' stacked.
-            forward(base_ck.model, base_state, batch)
+            with base_ck.active():  # adapters sharing the base: all off
+                forward(base_ck.model, base_state, batch)
             release_free_memory()
             done += 1
             for ck, st, la in zip(tuned_cks, states, layer_accs):
-                forward(ck.model, st, batch)
+                with ck.active():  # an adapter sharing the base: only it on
+                    forward(ck.model, st, batch)
+                    if la is not None:  # an adapter's own change, with it on (own_change.py)
+                        la.own_pending()
                 release_free_memory()
                 if la is not None:  # base_state.modules was filled once by the base pass
                     la.update(batch, base_state, st)
                 done += 1
             # (rows, vocab) work in blocks of one shape: memory stays flat whatever the batch holds
             for block in blocks(batch, size):
-                base_out = project_block(base_ck.model, base_state, block, vocab)
+                with base_ck.active():
+                    base_out = project_block(base_ck.model, base_state, block, vocab)
                 for ck, st, acc, est in zip(tuned_cks, states, accs, estimators):
-                    tuned_out = project_block(ck.model, st, block, vocab)
+                    with ck.active():
+                        tuned_out = project_block(ck.model, st, block, vocab)
                     acc.update(block, base_out, tuned_out)
                     est.update(block, base_out[0], tuned_out[0])
             release_free_memory()  # what the batch freed (see driftscope.memory)
@@ -248,6 +264,8 @@ def compare(
         ],
         "settings": {**asdict(s), "device": device.type, "dtype": str(next(base_ck.model.parameters()).dtype).replace("torch.", ""),
                      "chat_template": chat, "max_length": max_length, "classes": classes or {},
+                     "by_suite": {name: {**used, "chat_template": next(probe_chat(p, chat) for p in probe_list if p.suite == name)}
+                                  for name, used in shots_used.items()},
                      "thresholds": asdict(th)},
         "classes": {name: int(table.membership[:, j].sum()) for j, name in enumerate(table.names)},
         "checkpoints": checkpoints,
@@ -344,7 +362,8 @@ def suites_table(checkpoints: list[dict], suites: list[ProbeSuite]) -> pl.DataFr
                 "numeric_base": f["classes"]["numeric"]["base"], "numeric_tuned": f["classes"]["numeric"]["tuned"],
                 "numeric_shift": f["classes"]["numeric"]["shift"], "kl_between_share": f["kl_split"]["between_share"],
                 **{k: f.get(k) for k in ("accuracy_base", "accuracy_tuned", "accuracy_corrected", "accuracy_change",
-                                         "mcnemar_p", "recovered", "verdict")},
+                                         "mcnemar_p", "recovered", "verdict", "n_choice_items", "free_accuracy_base",
+                                         "free_accuracy_tuned", "free_accuracy_change", "free_mcnemar_p")},
                 "accuracy_change_lo": (f.get("accuracy_change_ci") or [None, None])[0],
                 "accuracy_change_hi": (f.get("accuracy_change_ci") or [None, None])[1],
             })

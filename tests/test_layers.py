@@ -88,7 +88,7 @@ def run(base, tuned, data, **kw):
     Returns the accumulator and the pipeline's (logp, logq) at next positions."""
     acc = LayerAccumulator("t", base, tuned, CLASSES, V, **kw)
     ps, qs = [], []
-    with capture(base, acc.modules("base")) as sb, capture(tuned, acc.modules("tuned")) as st:
+    with capture(base, acc.modules("base")) as sb, acc.own_hooks(sb), capture(tuned, acc.modules("tuned")) as st:
         for batch in data:
             logp, _ = score(base, sb, batch, V)
             logq, _ = score(tuned, st, batch, V)

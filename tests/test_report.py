@@ -150,8 +150,9 @@ def test_component_heatmap_plots_the_logit_change(run, charts):
     spec = charts["components"]
     assert "logit_change_rms" in spec["layout"]["title"]["text"]
     for label in ("step-100", "step-200"):
-        (tr,) = traces(spec, checkpoint=label)
-        assert tr["meta"]["column"] == "logit_change_rms"
+        (tr,) = traces(spec, checkpoint=label, column="logit_change_rms")
+        (own,) = traces(spec, checkpoint=label, column="own_logit_change_rms")  # beside it: the own change (issue 16)
+        assert own["y"] == tr["y"] and own["x"] == tr["x"]
         mine = comps.filter(pl.col("checkpoint") == label)
         want = np.array([[mine.filter((pl.col("layer") == int(x)) & (pl.col("component") == y))["logit_change_rms"][0]
                           for x in tr["x"]] for y in tr["y"]])
@@ -280,8 +281,9 @@ def test_checkpoint_order():
 def test_drift_vs_accuracy_labels_on_hover_only(run, charts):
     for tr in charts["drift-acc"]["data"]:
         assert tr["mode"] == "markers" and "text" not in tr
-        assert "qa, qa_mc" in tr["hovertext"]  # same prompts, same spot: one point
-        assert len(tr["hovertext"]) == 2
+        # qa and qa_mc share prompts but not their metric (qa_mc is scored by choice
+        # log-likelihood, qa by generation): one point each, labelled on hover
+        assert [t.split(" ")[0] for t in tr["hovertext"]] == ["qa", "qa_mc", "counting"]
 
 
 # -- the per-suite table and the header -------------------------------------------------
@@ -388,6 +390,8 @@ def test_size_of_a_big_run_and_the_items_cap(run, tmp_path):
     assert data["shown"] == 5 and data["total"] == 48
     keys = [c["key"] for c in data["columns"]]
     assert data["rows"][0][keys.index("correct_change")] == -1  # lost items first
+    lost = data["rows"][0]  # "correctness" is the primary metric's, as the verdict's
+    assert (lost[keys.index("base_primary_correct")], lost[keys.index("tuned_primary_correct")]) == (True, False)
     assert "Only the worst 5 are embedded" in items_section(data)
 
 
@@ -395,7 +399,8 @@ def test_items_explorer_columns_follow_the_table(run):
     items = run.tables["items"]
     keys = [c["key"] for c in explorer_data(items, ["step-100", "step-200"])["columns"]]
     assert keys[:6] == ["checkpoint", "suite", "probe_id", "prompt", "answer", "base_answer"]
-    assert {"tuned_answer", "tuned_choice", "base_correct", "tuned_correct", "correct_change", "kl_next", "dlogp_answer"} <= set(keys)
+    assert {"tuned_answer", "tuned_choice", "base_primary_correct", "tuned_primary_correct", "base_correct", "tuned_correct",
+            "correct_change", "kl_next", "dlogp_answer"} <= set(keys)
     assert not {"n_positions", "n_prompt_tokens", "logp_answer", "probe_index"} & set(keys)
     bare = items.drop([c for c in items.columns if c.startswith(("base_", "tuned_", "corrected_"))])
     keys = [c["key"] for c in explorer_data(bare, ["step-100"])["columns"]]

@@ -198,6 +198,15 @@ def test_full_tune_drifts_to_numbers_and_forgets_more(diagnosis, other):
     assert full["accuracy_change"] < part["accuracy_change"]
 
 
+@pytest.mark.parametrize("name, component", [("attn", "attn"), ("mlp-gate-up", "mlp")])
+def test_where_names_the_component_whose_own_weights_changed(diagnosis, name, component):
+    """Issue 16: "where" names the tuned component by its OWN change, not an
+    MLP whose output moved only because its input did."""
+    where = diagnosis[name]["layers"]
+    assert where["own_component"] == component, where["sentence"]
+    assert where["own_reaches_threshold"]
+
+
 def test_a_pure_output_shift_is_recovered_and_a_rewrite_is_not(diagnosis):
     """Issue 3's truths by construction: an offset on the output is output bias
     with (nearly) all of the drop recovered; rewritten facts stay lost."""

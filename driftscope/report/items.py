@@ -2,6 +2,8 @@
 
 Columns are those of the items table (README "A run on disk"); the answers and
 their correctness appear when the run decoded them (not with --no-accuracy).
+"correct" is the primary metric (choice items by choice log-likelihood, free
+items by the greedy answer, as the verdict); free-answer correctness beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ MAX_TEXT = 300  # characters of an answer or generation embedded
 IDS = (("suite", "suite"), ("probe_id", "id"))
 TEXTS = (("prompt", "prompt"), ("answer", "gold answer"), ("base_answer", "base answer"), ("tuned_answer", "tuned answer"),
          ("corrected_answer", "corrected answer"), ("base_choice", "base choice"), ("tuned_choice", "tuned choice"))
-BOOLS = (("base_correct", "base correct"), ("tuned_correct", "tuned correct"), ("corrected_correct", "corrected correct"),
+BOOLS = (("base_primary_correct", "base correct"), ("tuned_primary_correct", "tuned correct"),
+         ("corrected_primary_correct", "corrected correct"),
+         ("base_correct", "base free correct"), ("tuned_correct", "tuned free correct"),
          ("base_choice_correct", "base choice correct"), ("tuned_choice_correct", "tuned choice correct"),
          ("top1_agree_next", "top-1 agrees"))
 NUMBERS = (("kl_next", "KL next", "KL(base‖tuned) at the position after the prompt"),
@@ -27,7 +31,9 @@ NUMBERS = (("kl_next", "KL next", "KL(base‖tuned) at the position after the pr
            ("js_next", "JS next", "Jensen-Shannon at the next position"),
            ("numeric_shift_next", "numeric shift", "tuned minus base numeric-token mass at the next position"),
            ("dlogp_answer", "Δ log p(answer)", "log q(answer) − log p(answer), teacher-forced"))
-CHANGE = ("correct_change", "correctness", "tuned vs base greedy answer: lost, gained or same")
+CHANGE = ("correct_change", "correctness",
+          "tuned vs base on the primary metric (choice items: choice log-likelihood; free items: greedy answer): "
+          "lost, gained or same")
 
 
 def _clip(text, limit: int) -> tuple[str | None, bool]:
@@ -54,19 +60,20 @@ def explorer_data(items: pl.DataFrame, labels: list[str], max_rows: int = MAX_RO
     if {"logp_answer", "logq_answer"} <= cols:
         df = df.with_columns((pl.col("logq_answer") - pl.col("logp_answer")).alias("dlogp_answer"))
     change = None
-    if {"base_correct", "tuned_correct"} <= cols:
+    if {"base_primary_correct", "tuned_primary_correct"} <= cols:
         change = CHANGE[0]
-        df = df.with_columns((pl.col("tuned_correct").cast(pl.Int8) - pl.col("base_correct").cast(pl.Int8)).alias(change))
+        df = df.with_columns((pl.col("tuned_primary_correct").cast(pl.Int8)
+                              - pl.col("base_primary_correct").cast(pl.Int8)).alias(change))
 
     several = "checkpoint" in cols and df["checkpoint"].n_unique() > 1
     spec: list[dict] = [{"key": "checkpoint", "label": "checkpoint", "type": "id"}] if several else []
     spec += [{"key": k, "label": lb, "type": "id"} for k, lb in IDS if k in cols]
     spec += [{"key": k, "label": lb, "type": "text"} for k, lb in TEXTS if k in cols]
-    spec += [{"key": k, "label": lb, "type": "bool"} for k, lb in BOOLS[:5] if k in cols]
+    spec += [{"key": k, "label": lb, "type": "bool"} for k, lb in BOOLS[:7] if k in cols]
     if change:
         spec.append({"key": change, "label": CHANGE[1], "type": "change", "help": CHANGE[2]})
     spec += [{"key": k, "label": lb, "type": "num", "help": h} for k, lb, h in NUMBERS if k in df.columns]
-    spec += [{"key": k, "label": lb, "type": "bool"} for k, lb in BOOLS[5:] if k in cols]
+    spec += [{"key": k, "label": lb, "type": "bool"} for k, lb in BOOLS[7:] if k in cols]
 
     order = [pl.col(change).fill_null(0)] if change else []
     desc = [False] if change else []

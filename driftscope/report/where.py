@@ -25,6 +25,7 @@ LAYER_PANELS = (
 )
 LENS_MASS = ("logit-lens numeric-token mass (dashed: base)", "lens_numeric_base", "lens_numeric_tuned")
 COMPONENT_Z = "logit_change_rms"  # logit units: comparable across components and checkpoints (the headline's choice too)
+OWN_Z = "own_logit_change_rms"  # the same, of the component's own weights only (driftscope.own_change)
 MODULE_ORDER = ("q", "k", "v", "o", "qkv", "gate", "up", "gate_up", "down", "embed", "head", "norm", "other")
 
 
@@ -157,13 +158,40 @@ def _heatmaps(groups, keys: tuple[str, str, str], title: str, colorbar: str, x_t
 
 def component_heatmap(components: pl.DataFrame | None, labels: list[str]) -> go.Figure | None:
     """components.logit_change_rms: how much each component's direct contribution to
-    the logits changed (logit units), layer x component, one panel per checkpoint, one colour scale."""
+    the logits changed (logit units), layer x component, one panel per checkpoint, one colour scale;
+    beside it, where the table has it, own_logit_change_rms: the part its own weights make
+    (the tuned component on the base's input; driftscope.own_change), on the same scale."""
     if not has_columns(components, "checkpoint", "layer", "component", COMPONENT_Z):
         return None
     groups = [(lb, df.sort("layer")) for lb, df in checkpoint_groups(components, labels)]
-    return _heatmaps(groups, ("layer", "component", COMPONENT_Z),
-                     "Change of each component's direct logit contribution (logit_change_rms, logit units; one colour scale)",
-                     "logit change (RMS)", "layer", shared=True)
+    title = "Change of each component's direct logit contribution (logit_change_rms, logit units; one colour scale)"
+    if not has_columns(components, OWN_Z):
+        return _heatmaps(groups, ("layer", "component", COMPONENT_Z), title, "logit change (RMS)", "layer", shared=True)
+    return _side_by_side([(lb, df) for lb, df in groups if df.height],
+                         title.replace("logit units;", f"logit units; right: {OWN_Z}, its own weights' part;"))
+
+
+def _side_by_side(groups, title: str) -> go.Figure | None:
+    """Per checkpoint a row of two heatmaps, inherited change and own change, one colour scale."""
+    if not groups:
+        return None
+    n = len(groups)
+    titles = [f"{chart_text(lb)}: {what}" for lb, _ in groups for what in ("all change", "own change")]
+    fig = make_subplots(rows=n, cols=2, subplot_titles=titles, horizontal_spacing=0.08,
+                        vertical_spacing=0.3 / n if n > 1 else 0)
+    ys = []
+    for i, (lb, df) in enumerate(groups):
+        for j, z_key in enumerate((COMPONENT_Z, OWN_Z)):
+            xs, ys, z = _grid(df, "layer", "component", z_key)
+            fig.add_trace(go.Heatmap(x=[chart_text(x) for x in xs], y=[chart_text(y) for y in ys], z=z, coloraxis="coloraxis",
+                                     meta={"column": z_key, "checkpoint": lb},
+                                     hovertemplate=f"layer %{{x}}<br>%{{y}}<br>{z_key} %{{z:.3g}}<extra>{chart_text(lb)}</extra>"),
+                          row=i + 1, col=j + 1)
+            fig.update_xaxes(type="category", title_text="layer" if i == n - 1 else None, row=i + 1, col=j + 1)
+            fig.update_yaxes(type="category", autorange="reversed", row=i + 1, col=j + 1)
+    fig = layout(fig, title, height=max(280, (70 + 28 * len(ys)) * n + 110))
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar=dict(title=chart_text("logit change (RMS)"))))
+    return fig
 
 
 def weight_cells(weights: pl.DataFrame) -> pl.DataFrame:
