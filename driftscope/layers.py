@@ -51,6 +51,7 @@ from driftscope.capture import NEXT, Batch, CaptureState, block_rows, padded_ind
 from driftscope.metrics import activations as A
 from driftscope.metrics import divergence as D
 from driftscope.own_change import OwnChange, own_where
+from driftscope.placement import OFFLOAD_HINT, offloaded
 from driftscope.tokenclasses import ClassTable
 
 COMPONENTS = ("attn", "mlp")
@@ -359,7 +360,11 @@ def _num(x) -> float | None:
 def try_layer_accumulator(label: str, base_model, tuned_model, classes: ClassTable, vocab: int,
                           **kwargs) -> tuple[LayerAccumulator | None, str | None]:
     """A LayerAccumulator, or (None, note) when the architecture is not one we can
-    take apart: the run then compares outputs without layer figures."""
+    take apart, or whose weights --device-map offloaded (the head and the own
+    change read weights, not only passes): the run then compares outputs without
+    layer figures."""
+    if offloaded(base_model) or offloaded(tuned_model):
+        return None, f"{label}: no layer figures (--device-map offloaded some weights; {OFFLOAD_HINT} to have them)"
     try:
         return LayerAccumulator(label, base_model, tuned_model, classes, vocab, **kwargs), None
     except ArchitectureError as e:

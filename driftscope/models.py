@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from driftscope.errors import ModelError, TokenizerMismatch
-from driftscope.placement import keep_alive, placement, with_offload_folder
+from driftscope.placement import OFFLOAD_HINT, keep_alive, offloaded, placement, with_offload_folder
 from driftscope.gguf_input import gguf_fingerprint, is_gguf, load_gguf_model, load_gguf_tokenizer
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -207,6 +207,9 @@ def _load_model(path: Path, device: torch.device, dtype: torch.dtype, allow_pick
         raise ModelError(f"{path}: cannot load as a causal language model ({_first_line(e)})") from None
     _check_loading_info(path, info)
     keep_alive(model, offload)
+    if getattr(model, "hf_device_map", None) == {"": "disk"}:
+        raise ModelError(f"{path}: --max-memory leaves no room on any device: every weight went to disk",
+                         "raise --max-memory (the embedding at least must fit on a GPU or the CPU)")
     if kwargs:  # placed by accelerate: moving it would undo the map
         return model.eval().requires_grad_(False)
     return model.to(device).eval().requires_grad_(False)
@@ -350,6 +353,9 @@ SHARED_TYPES = ("LORA", "IA3", "LOHA", "LOKR")  # adapter types that load side b
 
 def _load_adapter(path: Path, base: Checkpoint, label: str, allow_pickle: bool) -> Checkpoint:
     on_base, warning = _adapter_target(path, base)  # also checks adapter_config.json
+    if offloaded(base.model):
+        raise ModelError(f"{path}: cannot apply an adapter to a base whose weights --device-map offloaded",
+                         f"{OFFLOAD_HINT}, or merge the adapter (peft's merge_and_unload) and pass the merged folder")
     _adapter_weights(path, allow_pickle)
     peft_type = str(_adapter_config(path).get("peft_type", "")).upper()
     name = None
@@ -417,7 +423,8 @@ def _adapter_errors(path: Path, base: Checkpoint):
 
 @contextmanager
 def _only_adapter(model, name: str):
-    model.set_adapter(name, inference_mode=True)  # inference_mode: its weights stay requires_grad=False
+    model.set_adapter(name)  # (peft before 0.17 has no inference_mode= here: it marks the adapter trainable)
+    model.requires_grad_(False)
     yield
 
 

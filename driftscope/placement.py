@@ -70,6 +70,15 @@ def keep_alive(model: torch.nn.Module, folder: tempfile.TemporaryDirectory | Non
         weakref.finalize(model, folder.cleanup)
 
 
+def offloaded(model: torch.nn.Module) -> bool:
+    """Whether accelerate offloaded some weights (to CPU behind GPUs, or to disk): they sit
+    on the meta device between passes, so nothing but a forward pass can read them."""
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
+OFFLOAD_HINT = "give --max-memory room for the whole model on the devices listed"
+
+
 def input_device(model: torch.nn.Module) -> torch.device:
     """Where a model takes its input ids: the embedding's device (its execution device when offloaded)."""
     emb = model.get_input_embeddings()
