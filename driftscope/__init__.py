@@ -12,7 +12,7 @@ from driftscope.verdict import Thresholds  # noqa: E402
 from driftscope.errors import DriftscopeError, ModelError, ProbeError, TokenizerMismatch  # noqa: E402
 from driftscope.probes import Probe, ProbeSuite, list_suites, load_suite  # noqa: E402
 from driftscope.result import DriftResult  # noqa: E402
-from driftscope.run import compare  # noqa: E402
+from driftscope.run import capture_base, compare  # noqa: E402
 
 __all__ = [
     "DriftResult",
@@ -23,6 +23,7 @@ __all__ = [
     "ProbeSuite",
     "Thresholds",
     "TokenizerMismatch",
+    "capture_base",
     "compare",
     "list_suites",
     "load_suite",

@@ -31,6 +31,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from driftscope.capture import (NEXT, Batch, Block, Encoded, block_rows, blocks, capture, decoding_prompt, encode, pad_id,
                                 forward, header_text, make_batches, project_block)
 from driftscope.memory import release_free_memory
+from driftscope.placement import input_device
 
 FOLDS = 5  # cross-fitting folds: each offset is estimated on 80% of the items
 MAX_NEW = 24  # the most tokens decoded per answer
@@ -52,7 +53,12 @@ class OffsetEstimator:
 
     def update(self, block: Block, logp: torch.Tensor, logq: torch.Tensor) -> None:
         """One block of (block.size, V) log-probs; its next positions among the first block.n rows count."""
-        d = (logq - logp).double().cpu()  # (size, V): one shape for every block
+        self.add(block, (logq - logp).double().cpu())
+
+    def add(self, block: Block, d: torch.Tensor) -> None:
+        """Add a block's (block.size, V) rows at next positions to their folds' sums: log q - log p
+        (paired), or log q alone, the base's sums subtracted at the end (`subtract`, a base cache)."""
+        d = d.double().cpu()  # (size, V): one shape for every block
         ok = torch.isfinite(d.sum(-1))  # a row sum is finite iff every entry is
         if not ok.all():
             d = torch.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0)
@@ -65,6 +71,10 @@ class OffsetEstimator:
         onehot[self.fold[block.probe[rows]], rows] = 1.0
         self.sums += onehot @ d
         self.counts += onehot.sum(1)
+
+    def subtract(self, base_sums: torch.Tensor) -> None:
+        """sums of log q - the base's sums of log p over the same positions: the paired sums, exactly."""
+        self.sums -= base_sums.double()
 
     def offsets(self) -> torch.Tensor:
         """(K, V): the offset to subtract from items of fold k (other folds' mean)."""
@@ -284,38 +294,61 @@ def batches_for(seqs: list[Encoded], batch_size: int, tok, device) -> list[Batch
 
 def answer_items(base_ck, tuned_cks, estimators, probes, encoded, chat, max_length, batch_size, vocab, progress=None):
     """Per-item answers and correctness: one polars frame per tuned checkpoint."""
-    tok = base_ck.tokenizer
-    device = next(base_ck.model.parameters()).device
-    with_answer = [e for e in encoded if probes[e.index].answer is not None]
-    seqs, keys = choice_sequences(probes, tok, chat, max_length)
-    batches = batches_for(seqs, batch_size, tok, device) if seqs else []
-    tick = (lambda: progress()) if progress else (lambda: None)
-
-    def choices(model, offsets_of=None):
-        # One pass gives the plain and, with offsets, the corrected log-likelihoods.
-        if not seqs:
-            return None, None, None
-        return choice_logliks(model, batches, len(seqs), vocab, offsets_of, keys)
-
-    def generate(model, offsets_of=None):
-        return generate_all(model, tok, with_answer, batch_size, offsets_of, vocab)
-
-    with base_ck.active():  # adapters sharing the base: all off
-        base_texts = generate(base_ck.model)
-        base_ll, cnt, _ = choices(base_ck.model)
+    tick = progress or (lambda: None)
+    base = base_answers(base_ck, probes, encoded, chat, max_length, batch_size, vocab)
     tick()
-    frames = []
-    for ck, est in zip(tuned_cks, estimators):
-        with ck.active():  # an adapter sharing the base: only it on
-            t_texts = generate(ck.model)
-        tick()
-        with ck.active():
-            c_texts = generate(ck.model, est.for_probes)
-            t_ll, _, c_ll = choices(ck.model, est.for_probes)
-        tick()
-        frames.append(_items_frame(ck.label, probes, with_answer, keys, cnt,
-                                   (base_texts, base_ll), (t_texts, t_ll), (c_texts, c_ll)))
-    return frames
+    return [tuned_answers(ck, est, base, base_ck.tokenizer, probes, encoded, chat, max_length, batch_size, vocab, tick)
+            for ck, est in zip(tuned_cks, estimators)]
+
+
+def base_answers(base_ck, probes, encoded, chat, max_length, batch_size, vocab) -> dict:
+    """The base's greedy answers and choice log-likelihoods, as JSON (a base cache keeps them):
+    {"texts": {probe index: answer}, "choice_ll": [...] | None, "choice_counts": [...] | None}."""
+    job = _AnswerJob(base_ck.tokenizer, base_ck.model, probes, encoded, chat, max_length, batch_size, vocab)
+    with base_ck.active():  # adapters sharing the base: all off
+        texts = job.generate(base_ck.model)
+        ll, cnt, _ = job.choices(base_ck.model)
+    return {"texts": {str(i): t for i, t in texts.items()},
+            "choice_ll": None if ll is None else np.asarray(ll).tolist(),
+            "choice_counts": None if cnt is None else np.asarray(cnt).tolist()}
+
+
+def tuned_answers(ck, est, base: dict, tok, probes, encoded, chat, max_length, batch_size, vocab, tick=lambda: None):
+    """One tuned checkpoint's answers, plain and bias-corrected, beside the base's (`base_answers`),
+    the probes encoded with `tok` (the base's): a polars frame."""
+    job = _AnswerJob(tok, ck.model, probes, encoded, chat, max_length, batch_size, vocab)
+    with ck.active():  # an adapter sharing the base: only it on
+        t_texts = job.generate(ck.model)
+    tick()
+    with ck.active():
+        c_texts = job.generate(ck.model, est.for_probes)
+        t_ll, _, c_ll = job.choices(ck.model, est.for_probes)
+    tick()
+    base_texts = {int(i): t for i, t in base["texts"].items()}
+    base_ll = None if base["choice_ll"] is None else np.asarray(base["choice_ll"])
+    cnt = None if base["choice_counts"] is None else np.asarray(base["choice_counts"])
+    return _items_frame(ck.label, probes, job.with_answer, job.keys, cnt,
+                        (base_texts, base_ll), (t_texts, t_ll), (c_texts, c_ll))
+
+
+class _AnswerJob:
+    """The answering pass's inputs for one model: answered probes and choice sequences, batched."""
+
+    def __init__(self, tok, model, probes, encoded, chat, max_length, batch_size, vocab):
+        self.tok, self.batch_size, self.vocab = tok, batch_size, vocab
+        self.with_answer = [e for e in encoded if probes[e.index].answer is not None]
+        self.seqs, self.keys = choice_sequences(probes, tok, chat, max_length)
+        device = input_device(model)
+        self.batches = batches_for(self.seqs, batch_size, tok, device) if self.seqs else []
+
+    def choices(self, model, offsets_of=None):
+        """One pass gives the plain and, with offsets, the corrected log-likelihoods."""
+        if not self.seqs:
+            return None, None, None
+        return choice_logliks(model, self.batches, len(self.seqs), self.vocab, offsets_of, self.keys)
+
+    def generate(self, model, offsets_of=None):
+        return generate_all(model, self.tok, self.with_answer, self.batch_size, offsets_of, self.vocab)
 
 
 def _items_frame(label, probes, with_answer, keys, cnt, base, tuned, corrected) -> pl.DataFrame:

@@ -68,7 +68,7 @@ def bare(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype
     from driftscope.capture import encode, make_batches, pad_id
     from driftscope.memory import PhasePeaks
     from driftscope.models import load_base, load_tuned
-    from driftscope.run import _use_chat, load_suites
+    from driftscope.inputs import load_suites, use_chat as _use_chat
 
     memory = PhasePeaks()
     b = load_base(base, device, dtype)

@@ -79,9 +79,12 @@ def parse_classes(specs: list[str]) -> dict[str, str]:
 @app.command()
 @friendly
 def compare(
-    base: Annotated[Path, typer.Argument(help="Base model folder.")],
-    tuned: Annotated[list[Path], typer.Argument(help="Tuned model or PEFT adapter folders; several give drift over training.")],
+    base: Annotated[Path, typer.Argument(help="Base model folder (optional with --base-cache).")],
+    tuned: Annotated[Optional[list[Path]], typer.Argument(help="Tuned model or PEFT adapter folders; several give drift over training.")] = None,
     probes: Annotated[Optional[list[str]], typer.Option("--probes", "-p", help="Suite file or built-in suite name (repeatable). Default: general.")] = None,
+    sequential: Annotated[bool, typer.Option(help="One model resident at a time: the base captured and freed, then each checkpoint in turn (KL bounded, no layer figures).")] = False,
+    base_cache: Annotated[Optional[Path], typer.Option(help="Score against a base cache written by `driftscope capture` (BASE then optional).")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="With --sequential: base log-probs kept per position (default: chosen by vocabulary size).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     device_map: Annotated[Optional[str], typer.Option(help="Spread a model too big for one device (accelerate): auto, balanced, balanced_low_0 or sequential.")] = None,
     max_memory: Annotated[Optional[str], typer.Option(help="With --device-map: memory per device, e.g. 0=20GiB,cpu=60GiB.")] = None,
@@ -118,10 +121,17 @@ def compare(
     check_outputs(junit=junit, markdown=markdown)  # and so does an unwritable output (--out: in compare)
     from driftscope.progress import scoring_bar
 
+    paths = [base, *(tuned or [])]
+    if base_cache is not None:
+        from driftscope.run import base_among
+
+        base, tuned = base_among(paths, base_cache)
+    else:
+        base, tuned = paths[0], paths[1:]
     with scoring_bar(err) as progress:
         try:
             result = driftscope.compare(
-                base, tuned, probes, classes=parse_classes(cls or []), out=out_dir, name=name, overwrite=overwrite,
+                base, tuned, probes, sequential=sequential, base_cache=base_cache, top_k=top_k, classes=parse_classes(cls or []), out=out_dir, name=name, overwrite=overwrite,
                 progress=progress,
                 device=device, device_map=device_map, max_memory=max_memory, dtype=dtype, batch_size=batch_size, max_length=max_length,
                 chat_template=chat_template, fewshot=fewshot, seed=seed, allow_pickle=allow_pickle, thresholds=thresholds,
@@ -137,6 +147,44 @@ def compare(
             raise typer.Exit(_gate(result.path, gates, None, junit, markdown))
     except KeyboardInterrupt:
         raise Interrupted(f"the run was written to {result.path}" + (", but not gated" if gates else "")) from None
+
+
+@app.command("capture")
+@friendly
+def capture_cmd(
+    base: Annotated[Path, typer.Argument(help="Base model folder.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Cache folder to write.")],
+    probes: Annotated[Optional[list[str]], typer.Option("--probes", "-p", help="Suite file or built-in suite name (repeatable). Default: general.")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Base log-probs kept per position (default: chosen by vocabulary size).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Probes per forward pass.")] = 16,
+    max_length: Annotated[Optional[int], typer.Option(help="Tokens per probe (default: the model's context).")] = None,
+    chat_template: Annotated[str, typer.Option(help="auto, on or off: wrap prompts in the chat template.")] = "auto",
+    fewshot: Annotated[Optional[int], typer.Option(help="Exemplars from the same suite before each prompt.")] = None,
+    cls: Annotated[Optional[list[str]], typer.Option("--class", help="Extra token class NAME=REGEX (repeatable).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for everything random.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing cache.")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow .bin weights (loaded with weights_only).")] = False,
+    no_accuracy: Annotated[bool, typer.Option("--no-accuracy", help="Skip the base's answers (compare must then use --no-accuracy).")] = False,
+):
+    """Capture BASE once on the probes, for `compare --base-cache CACHE TUNED...`."""
+    import driftscope
+
+    from driftscope.errors import Interrupted
+    from driftscope.progress import scoring_bar
+
+    with scoring_bar(err) as progress:
+        try:
+            cache = driftscope.capture_base(base, probes, out_dir, classes=parse_classes(cls or []), accuracy=not no_accuracy,
+                                       overwrite=overwrite, progress=progress, top_k=top_k, device=device, dtype=dtype,
+                                       batch_size=batch_size, max_length=max_length, chat_template=chat_template,
+                                       fewshot=fewshot, seed=seed, allow_pickle=allow_pickle)
+        except KeyboardInterrupt as e:
+            raise e if isinstance(e, Interrupted) else Interrupted("nothing was written") from None
+    out.print(f"base cache written to [bold]{esc(out_dir)}[/]: {cache.n_positions:,} positions, top-{cache.k} of "
+              f"{cache.vocab:,} ids, {cache.nbytes / 2**20:.1f} MiB ({cache.size_ratio():.2%} of a full uint16 file)",
+              highlight=False)
 
 
 def _gate(run_dir: Path, spec: str, checkpoint: str | None, junit: Path | None, markdown: Path | None) -> int:

@@ -16,6 +16,7 @@ import torch
 
 from driftscope.capture import Block
 from driftscope.metrics import divergence as D
+from driftscope.metrics.topk import cached_position_figures
 from driftscope.reducers import ClassMass, Moments, Sketch, TokenMovers
 from driftscope.tokenclasses import PARTITION, ClassTable
 
@@ -60,6 +61,16 @@ class Scope:
         return out
 
 
+def _neutral(logx: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    """Uniform rows in place of the non-finite ones: every tensor keeps its shape, the rows are then dropped."""
+    return logx if finite.all() else torch.where(finite[:, None], logx, -math.log(logx.shape[-1]))
+
+
+def class_groups(classes: ClassTable) -> torch.Tensor:
+    """(V, C + P) float64: class membership, then the partition: one matmul gives both masses."""
+    return torch.cat([classes.membership.double(), classes.partition.double()], 1)
+
+
 class DriftAccumulator:
     def __init__(self, label: str, suites: list[str], probe_suite: list[str], classes: ClassTable, vocab: int):
         if classes.width != vocab:  # one width for every vocabulary-sized structure (tokenclasses.vocab_width)
@@ -72,9 +83,11 @@ class DriftAccumulator:
         self.movers = TokenMovers(vocab)
         self.membership = classes.membership.double()  # (V, C)
         self.partition = classes.partition.double()  # (V, P)
-        self.groups = torch.cat([self.membership, self.partition], 1)  # one matmul gives both masses
+        self.groups = class_groups(classes)
         self.rows: list[dict[str, np.ndarray]] = []
         self.new_token_mass = Moments()
+        self.kl_bound = Moments()  # against a base cache: the per-position bound on |KL error|
+        self.kl_bound_max = 0.0
 
     def update(self, block: Block, base: tuple[torch.Tensor, torch.Tensor], tuned: tuple[torch.Tensor, torch.Tensor]) -> None:
         """One block: (block.size, V) log-probs of base and tuned; its first block.n rows are real."""
@@ -83,24 +96,57 @@ class DriftAccumulator:
         # float64: KL between near-identical models is a small difference of big numbers.
         logp, logq = logp.double().cpu(), logq.double().cpu()
         finite = torch.isfinite(logp.sum(-1) + logq.sum(-1))  # a row sum is finite iff every entry is
-        real = torch.arange(block.size) < block.n
-        self._count_nonfinite(block, ~finite[: block.n].numpy())
-        if not finite.all():  # keep every tensor's shape: neutral rows in place of the bad ones, then drop them
-            neutral = -math.log(logp.shape[-1])
-            logp = torch.where(finite[:, None], logp, neutral)
-            logq = torch.where(finite[:, None], logq, neutral)
-        keep = (real & finite).numpy()
-        kept = keep[: block.n]
-        if not keep.any():
+        keep = self._keep(block, finite)
+        if keep is None:
             return
+        logp, logq = _neutral(logp, finite), _neutral(logq, finite)
         f, p_mass, q_mass, p, q = self._position_figures(logp, logq, block.pad(block.gold))
-        f = {k: v[keep] for k, v in f.items()}
-        p_mass, q_mass = p_mass[keep], q_mass[keep]
         weight = torch.from_numpy(keep).double()
         self.movers.update((weight @ p).numpy(), (weight @ q).numpy(), int(keep.sum()))
         del p, q
-        self.new_token_mass.update(extra_q.float().cpu().exp().numpy()[keep])
+        self._record(block, keep, f, p_mass, q_mass, extra_q)
 
+    def update_cached(self, block: Block, base: dict[str, torch.Tensor], tuned: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """One block against a base cache: `base` holds summarise_base's rows of the
+        block (block.size rows, padded as the block). KL, reverse KL and JS come from
+        the base's top-k with a bound on KL (metrics.topk); every other figure is
+        exact. The base's side of the token movers comes from the cache once, at
+        the end (`use_base_means`)."""
+        logq, extra_q = tuned
+        logq = logq.double().cpu()
+        finite = base["finite"].cpu() & torch.isfinite(logq.sum(-1))
+        keep = self._keep(block, finite)
+        if keep is None:
+            return
+        logq = _neutral(logq, finite)
+        C = self.membership.shape[1]
+        fig = cached_position_figures(base, logq, self.groups, block.pad(block.gold), partition=slice(C, None))
+        f, p_mass, q_mass = self._finish(fig, fig["p_gold"], fig["q_gold"])
+        weight = torch.from_numpy(keep).double()
+        self.movers.update(np.zeros(self.vocab), (weight @ logq.exp()).numpy(), int(keep.sum()))
+        bound = fig["kl_bound"].numpy()[keep]
+        self.kl_bound.update(bound)
+        self.kl_bound_max = max(self.kl_bound_max, float(bound.max()))
+        self._record(block, keep, f, p_mass, q_mass, extra_q)
+
+    def use_base_means(self, p_sum: np.ndarray, n: int) -> None:
+        """The base's side of the token movers, from a cache: sum of p over its n positions."""
+        self.movers.p_sum = np.asarray(p_sum, dtype=np.float64) * (self.movers.n / max(n, 1))
+
+    def _keep(self, block: Block, finite: torch.Tensor) -> np.ndarray | None:
+        """(block.size,) rows to keep: real and finite; None when there is none. Counts the non-finite."""
+        real = torch.arange(block.size) < block.n
+        self._count_nonfinite(block, ~finite[: block.n].numpy())
+        keep = (real & finite).numpy()
+        return keep if keep.any() else None
+
+    def _record(self, block: Block, keep: np.ndarray, f: dict, p_mass: np.ndarray, q_mass: np.ndarray,
+                extra_q: torch.Tensor) -> None:
+        """Feed the kept rows' figures to every scope's reducers and keep their table row."""
+        f = {k: v[keep] for k, v in f.items()}
+        p_mass, q_mass = p_mass[keep], q_mass[keep]
+        self.new_token_mass.update(extra_q.float().cpu().exp().numpy()[keep])
+        kept = keep[: block.n]
         probe_np = block.probe.numpy()[kept]
         suite_of = np.array([self.probe_suite[i] for i in probe_np])
         everywhere = np.ones(len(probe_np), dtype=bool)
@@ -131,19 +177,21 @@ class DriftAccumulator:
         has_gold = (gold >= 0) & (gold < self.vocab)
         g = torch.where(has_gold, gold, 0)[:, None]
         fig = D.position_figures(logp, logq, self.groups)
+        nan = torch.full_like(logp[:, 0], float("nan"))
+        p_gold = torch.where(has_gold, fig["p"].gather(-1, g).squeeze(-1), nan)
+        q_gold = torch.where(has_gold, fig["q"].gather(-1, g).squeeze(-1), nan)
+        return (*self._finish(fig, p_gold, q_gold), fig["p"], fig["q"])
+
+    def _finish(self, fig: dict, p_gold: torch.Tensor, q_gold: torch.Tensor):
+        """The per-row figures (numpy) and class masses of base and tuned (N, C)."""
         C = self.membership.shape[1]
         between = D.between_class(fig["p_groups"][:, C:], fig["q_groups"][:, C:])
-        nan = torch.full_like(logp[:, 0], float("nan"))
         figs = {k: fig[k] for k in ("kl", "kl_reverse", "js", "entropy_base", "entropy_tuned", "top1_agree",
                                     "base_top1", "tuned_top1", "base_top1_rank")}
-        figs.update({
-            "p_gold": torch.where(has_gold, fig["p"].gather(-1, g).squeeze(-1), nan),
-            "q_gold": torch.where(has_gold, fig["q"].gather(-1, g).squeeze(-1), nan),
-            "kl_between": between,
-            "kl_within": (fig["kl"] - between).clamp_min(0.0),
-        })
+        figs.update({"p_gold": p_gold, "q_gold": q_gold, "kl_between": between,
+                     "kl_within": (fig["kl"] - between).clamp_min(0.0)})
         out = {k: v.double().numpy() for k, v in figs.items()}
-        return out, fig["p_groups"][:, :C].numpy(), fig["q_groups"][:, :C].numpy(), fig["p"], fig["q"]
+        return out, fig["p_groups"][:, :C].numpy(), fig["q_groups"][:, :C].numpy()
 
     # -- reporting -----------------------------------------------------------
 
@@ -151,6 +199,8 @@ class DriftAccumulator:
         out = self.scopes["all"].figures()
         out["new_token_mass"] = self.new_token_mass.mean
         out["tokens_beyond_head"] = self.classes.beyond_head  # tokenizer ids no LM head scores
+        if self.kl_bound.n:  # scored against a base cache's top-k: KL is within these of the paired figure
+            out["kl_cache_bound"] = {"mean": self.kl_bound.mean, "max": self.kl_bound_max}
         out["suites"] = {s: sc.figures() for s, sc in self.scopes.items() if s != "all"}
         return out
 

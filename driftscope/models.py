@@ -65,6 +65,20 @@ class Checkpoint:
     shared: object = None  # a base's PeftModel holding the adapters loaded on it (they live inside `model`)
     placement: dict = field(default_factory=dict)  # from_pretrained's device_map/max_memory (driftscope.placement)
 
+    placed: tuple | None = None  # (device, dtype) of a released model
+
+    def release(self) -> None:
+        """Free the weights (a model scored and done with); device and dtype are kept."""
+        if self.model is not None:
+            self.placed = self.device_dtype()
+            self.model = None
+
+    def device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        if self.model is None:
+            return self.placed
+        param = next(self.model.parameters())
+        return param.device, param.dtype
+
     def active(self):
         """A context in which `model` computes this checkpoint: wrap every pass in it.
         A full model: nothing to do. A shared adapter: only it enabled. A base
@@ -77,15 +91,18 @@ class Checkpoint:
 
     @property
     def n_ctx(self) -> int | None:
-        cfg = self.model.config
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            if isinstance(getattr(cfg, key, None), int):
-                return getattr(cfg, key)
-        return None
+        return _n_ctx(self.model.config)
 
     def describe(self) -> dict:
         out = {"label": self.label, "path": self.path, "kind": self.kind, "fingerprint": self.fingerprint}
         return out | ({"warning": self.warning} if self.warning else {})
+
+
+def _n_ctx(cfg) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(getattr(cfg, key, None), int):
+            return getattr(cfg, key)
+    return None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -325,21 +342,47 @@ def load_base(path: str | Path, device="auto", dtype="auto", allow_pickle=False,
                       model_path=str(path), placement=place)
 
 
-def load_tuned(path: str | Path, base: Checkpoint, label: str | None = None, allow_pickle=False) -> Checkpoint:
-    """A full checkpoint, or a PEFT adapter applied to `base` in memory (its weights shared, not copied)."""
+def load_tuned(path: str | Path, base: Checkpoint | None, label: str | None = None, allow_pickle=False,
+               device="auto", dtype="auto") -> Checkpoint:
+    """A full checkpoint (on the base's device and dtype; without a base, on `device`
+    and `dtype`), or a PEFT adapter applied to `base` in memory (its weights shared, not copied)."""
     path = Path(path)
     kind = checkpoint_kind(path)
     label = label or path.name or str(path)
     if kind == "adapter":
+        if base is None or base.model is None:
+            raise ModelError(f"{path}: an adapter needs its base model loaded", "give BASE before the checkpoints")
         return _load_adapter(path, base, label, allow_pickle)
-    dev = next(base.model.parameters()).device
-    dt = next(base.model.parameters()).dtype
+    if base is not None:
+        dev, dt = base.device_dtype()
+    else:
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
     if kind == "gguf":
         return _load_gguf(path, label, dev, dt)
-    model = _load_model(path, dev, dt, allow_pickle, base.placement)
-    tok = _load_tokenizer(path) if any(path.glob("tokenizer*")) else base.tokenizer
-    return Checkpoint(label, str(path), "model", fingerprint(path), model, tok, model_path=str(path),
-                      placement=base.placement)
+    place = base.placement if base is not None else {}
+    model = _load_model(path, dev, dt, allow_pickle, place)
+    tok = _load_tokenizer(path) if any(path.glob("tokenizer*")) or base is None else base.tokenizer
+    return Checkpoint(label, str(path), "model", fingerprint(path), model, tok, model_path=str(path), placement=place)
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a model folder or GGUF file, alone."""
+    path = Path(path)
+    if checkpoint_kind(path) == "gguf":
+        return load_gguf_tokenizer(path)
+    return _load_tokenizer(path)
+
+
+def context_length(path: str | Path) -> int | None:
+    """The context length a model folder's config declares (None where it declares none)."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    if checkpoint_kind(path) != "model":
+        return None
+    cfg = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    return _n_ctx(cfg)
 
 
 def _load_gguf(path: Path, label: str, device: torch.device, dtype: torch.dtype) -> Checkpoint:

@@ -1,36 +1,38 @@
-"""The one orchestrator: compare(base, tuned..., probes) -> DriftResult."""
+"""The orchestrator: compare(base, tuned..., probes) -> DriftResult, and
+capture(base, probes) -> a base cache.
+
+compare composes the phases, each its own module: load the models
+(models.py), prepare the inputs (inputs.py), score (paired.py: every model
+resident, exact, the default; cached.py: the base captured once, then one
+checkpoint at a time, for --sequential and --base-cache), answer
+(answers.py), assemble the figures and tables (assemble.py), write
+(result.py).
+"""
 
 from __future__ import annotations
 
 import gc
 import platform
 import time
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import polars as pl
 import torch
 
-from driftscope import __version__
-from driftscope.answers import OffsetEstimator, answer_items
-from driftscope.capture import (block_rows, blocks, capture, encode_all, forward, make_batches, pad_id, probe_chat,
-                                project_block, resolve_chat)
-from driftscope.correlations import group_correlations, item_correlations
-from driftscope.verdict import Thresholds, add_verdicts, sentence
+from driftscope.answers import OffsetEstimator, answer_items, tuned_answers
+from driftscope.assemble import assemble
+from driftscope.basecapture import BaseCapture, CacheMismatch, check_manifest
+from driftscope.cached import LAYERS_NOTE, cached_pass, expected_manifest, record_base
 from driftscope.drift import DriftAccumulator
+from driftscope.errors import DriftscopeError
+from driftscope.inputs import Inputs, load_suites, prepare
 from driftscope.layers import try_layer_accumulator
-from driftscope.memory import PhasePeaks, release_free_memory, rss_mb
-from driftscope.errors import DriftscopeError, ProbeError
-from driftscope.fewshot import with_shots
-from driftscope.models import Checkpoint, align_vocab, load_base, load_tuned
-from driftscope.placement import input_device
-from driftscope.probes import Probe, ProbeSuite, load_suite
-from driftscope.result import SCHEMA_VERSION, DriftResult, check_run_target, pause_if_testing
-from driftscope.tokenclasses import classes_for, vocab_width
-
-DEFAULT_SUITES = ("general",)
+from driftscope.memory import PhasePeaks, release_free_memory
+from driftscope.models import Checkpoint, align_vocab, checkpoint_kind, fingerprint, load_base, load_tokenizer, load_tuned
+from driftscope.paired import Scorer, paired_pass
+from driftscope.result import DriftResult, check_run_target, pause_if_testing
+from driftscope.verdict import Thresholds
 
 
 @dataclass(frozen=True)
@@ -46,25 +48,27 @@ class Settings:
     allow_pickle: bool = False
     device_map: str | None = None  # accelerate's device_map ("auto"...): a model bigger than one device
     max_memory: str | None = None  # with device_map: "0=20GiB,cpu=60GiB"
+    top_k: int | None = None  # base cache: top-k log-probs kept per position (None: metrics.topk.default_k)
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise DriftscopeError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.top_k is not None and self.top_k < 1:
+            raise DriftscopeError(f"--top-k {self.top_k}: must be at least 1", "leave it unset for the measured default")
 
 
-def load_suites(specs) -> list[ProbeSuite]:
-    suites = [load_suite(s) for s in (specs or DEFAULT_SUITES)]
-    seen: dict[str, str] = {}
-    for s in suites:
-        if s.name in seen:
-            raise ProbeError(f"two probe suites are named {s.name!r} ({seen[s.name]} and {s.path})", "rename one in its _suite header")
-        seen[s.name] = s.path
-    return suites
+class Progress:
+    """Counts steps for a progress callback(done, total)."""
 
+    def __init__(self, callback: Callable[[int, int], None] | None, total: int, phase: str | None = None):
+        self.callback, self.total, self.done, self.phase = callback, total, 0, phase
 
-def _use_chat(tokenizer, mode: str) -> bool:
-    has = bool(getattr(tokenizer, "chat_template", None))
-    if mode == "on" and not has:
-        raise DriftscopeError("--chat-template on: the base tokenizer has no chat template", "use --chat-template off or auto")
-    if mode not in ("auto", "on", "off"):
-        raise DriftscopeError(f"--chat-template {mode}: unknown mode", "use auto, on or off")
-    return mode == "on" or (mode == "auto" and has)
+    def __call__(self) -> None:
+        self.done += 1
+        if self.callback:
+            self.callback(min(self.done, self.total), self.total)
+        if self.phase:
+            pause_if_testing(self.phase)
 
 
 def _labels(paths: list[Path]) -> list[str]:
@@ -77,8 +81,15 @@ def _labels(paths: list[Path]) -> list[str]:
     return labels
 
 
+def _as_paths(tuned) -> list[Path]:
+    paths = [Path(t) for t in (tuned if isinstance(tuned, (list, tuple)) else [tuned])]
+    if not paths:
+        raise DriftscopeError("no tuned checkpoint given", "driftscope compare BASE TUNED [TUNED ...]")
+    return paths
+
+
 def compare(
-    base: str | Path,
+    base: str | Path | None,
     tuned: str | Path | list[str | Path],
     probes: list[str | Path] | None = None,
     *,
@@ -92,196 +103,50 @@ def compare(
     weights: bool = True,
     layers: bool = True,
     accuracy: bool = True,
+    sequential: bool = False,
+    base_cache: str | Path | None = None,
     **settings,
 ) -> DriftResult:
     """Compare each tuned checkpoint with the base on the probe suites.
 
     Writes the run to `out/name` (with report.html and the runs index unless
-    html=False) unless `out` is None. Settings are the fields
-    of `Settings` (device, dtype, batch_size, max_length, chat_template, seed...).
+    html=False) unless `out` is None. Settings are the fields of `Settings`
+    (device, dtype, batch_size, max_length, chat_template, seed...).
+    sequential: one model resident at a time (the base captured, freed, then each
+    checkpoint in turn). base_cache: score against a cache `capture` wrote; `base`
+    may then be None (no adapters, no weights) or the base it was captured from.
     """
     s = Settings(**settings)
+    s.check()
+    if sequential and base_cache is not None:
+        raise DriftscopeError("--sequential with --base-cache: a base cache already scores one checkpoint at a time",
+                              "drop --sequential")
+    if base is None and base_cache is None:
+        raise DriftscopeError("no base model given", "driftscope compare BASE TUNED [TUNED ...]")
     th = thresholds or Thresholds()
-    if s.batch_size < 1:
-        raise DriftscopeError(f"--batch-size {s.batch_size}: must be at least 1")
     started = time.time()
     torch.manual_seed(s.seed)
-    tuned_paths = [Path(t) for t in (tuned if isinstance(tuned, (list, tuple)) else [tuned])]
-    if not tuned_paths:
-        raise DriftscopeError("no tuned checkpoint given", "driftscope compare BASE TUNED [TUNED ...]")
+    tuned_paths = _as_paths(tuned)
     suites = load_suites(probes)
-    probe_list, shots_used = with_shots(suites, s.fewshot, s.seed)  # the same exemplars for the base and every checkpoint
-
+    named = Path(base) if base is not None else Path(str(base_cache)).with_suffix("")
     # An unwritable --out or an existing run fails now, not after the whole run.
-    run_dir = None if out is None else check_run_target(Path(out) / (name or default_name(Path(base), tuned_paths)), overwrite)
-    clock = {"start": time.perf_counter()}
-    memory = PhasePeaks()
-    base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
-    pause_if_testing("loading")
-    tuned_cks: list[Checkpoint] = []
-    alignments = []
-    for path, label in zip(tuned_paths, _labels(tuned_paths)):
-        ck = load_tuned(path, base_ck, label, s.allow_pickle)
-        alignments.append(align_vocab(base_ck.tokenizer, ck.tokenizer))
-        tuned_cks.append(ck)
-
-    tok = base_ck.tokenizer
-    chat = _use_chat(tok, s.chat_template)
-    probe_list = resolve_chat(probe_list, tok, s.chat_template)  # a suite header's chat choice, unless on/off was explicit
-    n_ctx = base_ck.n_ctx or 2048
-    max_length = min(n_ctx if s.max_length is None else s.max_length, n_ctx)
-    encoded = encode_all(probe_list, tok, chat, max_length)  # refuses a max_length with no room for a prompt
-    batches = make_batches(encoded, s.batch_size, pad_id(tok))
-    vocab = vocab_width(tok, [c.model for c in [base_ck, *tuned_cks]])  # the one width of every (.., vocab) structure
-    table = classes_for(tok, classes, vocab)
-    suite_of = [p.suite for p in probe_list]
-    accs = [DriftAccumulator(c.label, [x.name for x in suites], suite_of, table, vocab) for c in tuned_cks]
-    estimators = [OffsetEstimator(len(probe_list), vocab, s.seed) for _ in tuned_cks]
-    has_answers = accuracy and any(p.answer is not None for p in probe_list)
-    head_cache: dict = {}  # the base head's (d, d) grams, computed once for all checkpoints
-    layer_accs, layer_notes = [], []
-    for c in tuned_cks:
-        la, note = (try_layer_accumulator(c.label, base_ck.model, c.model, table, vocab, seed=s.seed, head_cache=head_cache)
-                    if layers else (None, None))
-        layer_accs.append(la)
-        if note:
-            layer_notes.append(note)
-    base_modules = next((la.modules("base") for la in layer_accs if la is not None), None)
-
-    device = input_device(base_ck.model)  # the embedding's device: with --device-map, not any parameter's
-    clock["loaded"] = time.perf_counter()
-    release_free_memory()
-    memory.mark("loaded")
-    total = len(batches) * (1 + len(tuned_cks)) + (1 + 2 * len(tuned_cks)) * has_answers
-    done = 0
-    resident = {}  # MiB after the first and after the last batch: what the pass keeps, its transients aside
-    with ExitStack() as stack:
-        base_state = stack.enter_context(capture(base_ck.model, base_modules))
-        for la in layer_accs:  # each tuned model's changed components, run on the base's inputs (own change)
-            if la is not None:
-                stack.enter_context(la.own_hooks(base_state))
-        states = [stack.enter_context(capture(c.model, la.modules("tuned") if la is not None else None))
-                  for c, la in zip(tuned_cks, layer_accs)]
-        size = block_rows(vocab)
-        for batch in batches:
-            batch.to(device)
-            # Each forward pass's temporaries go back to the OS before the next step
-            # allocates its own: the peak is then one step's, not two steps' stacked.
-            with base_ck.active():  # adapters sharing the base: all off
-                forward(base_ck.model, base_state, batch)
-            release_free_memory()
-            done += 1
-            for ck, st, la in zip(tuned_cks, states, layer_accs):
-                with ck.active():  # an adapter sharing the base: only it on
-                    forward(ck.model, st, batch)
-                    if la is not None:  # an adapter's own change, with it on (own_change.py)
-                        la.own_pending()
-                release_free_memory()
-                if la is not None:  # base_state.modules was filled once by the base pass
-                    la.update(batch, base_state, st)
-                done += 1
-            # (rows, vocab) work in blocks of one shape: memory stays flat whatever the batch holds
-            for block in blocks(batch, size):
-                with base_ck.active():
-                    base_out = project_block(base_ck.model, base_state, block, vocab)
-                for ck, st, acc, est in zip(tuned_cks, states, accs, estimators):
-                    with ck.active():
-                        tuned_out = project_block(ck.model, st, block, vocab)
-                    acc.update(block, base_out, tuned_out)
-                    est.update(block, base_out[0], tuned_out[0])
-            release_free_memory()  # what the batch freed (see driftscope.memory)
-            resident.setdefault("drift_first_batch", rss_mb())
-            resident["drift_last_batch"] = rss_mb()
-            if progress:
-                progress(done, total)
-            pause_if_testing("drift")
-
-    clock["drift"] = time.perf_counter()
-    memory.mark("drift")
-    answers = []
-    if has_answers:
-        def tick():
-            nonlocal done
-            done += 1
-            if progress:
-                progress(done, total)
-            pause_if_testing("accuracy")
-
-        answers = answer_items(base_ck, tuned_cks, estimators, probe_list, encoded, chat, max_length,
-                               s.batch_size, vocab, tick)
-
-    clock["accuracy"] = time.perf_counter()
-    memory.mark("accuracy")
-    probe_ids = [p.id for p in probe_list]
-    truncated = {p.suite: 0 for p in probe_list}
-    for e in encoded:
-        truncated[probe_list[e.index].suite] += e.truncated > 0
-    checkpoints = []
-    tables: dict[str, list[pl.DataFrame]] = {"positions": [], "classes": [], "tokens": [], "layers": [], "components": []}
-    for ck, acc, align, la in zip(tuned_cks, accs, alignments, layer_accs):
-        figs = acc.figures()
-        if la is not None:
-            lt = la.tables()
-            tables["layers"].append(lt["layers"])
-            tables["components"].append(lt["components"])
-            figs["layers"] = la.headline()
-        figs["truncated_prompts"] = sum(truncated.values())
-        for sname, sfig in figs["suites"].items():
-            sfig["truncated_prompts"] = truncated.get(sname, 0)
-        checkpoints.append({"label": ck.label, "path": ck.path, "kind": ck.kind, "vocab": align.describe(), "figures": figs})
-        tables["positions"].append(acc.positions_table(probe_ids))
-        tables["classes"].append(acc.classes_table())
-        tables["tokens"].append(acc.tokens_table(s.top_tokens))
-
-    correlations: dict = {}
-    if weights:
-        add_weights(checkpoints, Path(base_ck.path), tables, correlations)
-    frames = {k: pl.concat(v, how="diagonal_relaxed") for k, v in tables.items() if v}
-    frames["items"] = items_table(frames["positions"], probe_list, encoded, pl.concat(answers) if answers else None)
-    for c in checkpoints:
-        f = c["figures"]
-        if has_answers:
-            items = frames["items"].filter(pl.col("checkpoint") == c["label"])
-            add_verdicts(f, items, th, s.seed)
-            correlations[c["label"]] = {"items": item_correlations(items, th, s.seed),
-                                        "suites": group_correlations(list(f["suites"].values()), th, s.seed)}
-        else:
-            reason = "no items with gold answers" if accuracy else "the accuracy pass was skipped (--no-accuracy)"
-            for target in [f, *f["suites"].values()]:
-                target.update({"verdict": "no-answers", "verdict_reason": reason})
-                target["verdict_sentence"] = sentence(target)
-    if has_answers and len(checkpoints) > 1:
-        correlations["checkpoints"] = group_correlations([c["figures"] for c in checkpoints], th, s.seed)
-    frames["suites"] = suites_table(checkpoints, suites)
-    summary = {
-        "schema_version": SCHEMA_VERSION,
-        "driftscope_version": __version__,
-        "models": {"base": base_ck.describe(), "tuned": [c.describe() for c in tuned_cks]},
-        "suites": [
-            {"name": x.name, "version": x.version, "hash": x.hash, "description": x.description,
-             "n_probes": len(x), "n_with_answer": x.n_with_answer}
-            for x in suites
-        ],
-        "settings": {**asdict(s), "device": device.type, "dtype": str(next(base_ck.model.parameters()).dtype).replace("torch.", ""),
-                     "chat_template": chat, "max_length": max_length, "classes": classes or {},
-                     "by_suite": {name: {**used, "chat_template": next(probe_chat(p, chat) for p in probe_list if p.suite == name)}
-                                  for name, used in shots_used.items()},
-                     "thresholds": asdict(th)},
-        "classes": {name: int(table.membership[:, j].sum()) for j, name in enumerate(table.names)},
-        "checkpoints": checkpoints,
-        "correlations": correlations,
-        "notes": [c.warning for c in (base_ck, *tuned_cks) if c.warning] + layer_notes,  # e.g. an adapter on another base
-    }
-    clock["tables"] = time.perf_counter()
-    memory.mark("tables")
-    phases = ("start", "loaded", "drift", "accuracy", "tables")
-    timings = {f"{b}_s": round(clock[b] - clock[a], 3) for a, b in zip(phases, phases[1:])}
-    timings["batches"] = len(batches)
-    meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2), "timings": timings,
-            "peak_rss_mb": memory.peaks, "rss_mb": {k: v and round(v, 1) for k, v in resident.items()},
-            "python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
-    result = DriftResult(summary, frames, meta)
-    del tuned_cks, base_ck
+    run_dir = None if out is None else check_run_target(Path(out) / (name or default_name(named, tuned_paths)), overwrite)
+    run = _Run(s, th, time.perf_counter(), PhasePeaks())
+    if base_cache is not None:
+        scorers, answers, facts = run.against_cache(base, Path(base_cache), tuned_paths, suites, classes, accuracy, progress)
+    elif sequential:
+        scorers, answers, facts = run.sequential(Path(base), tuned_paths, suites, classes, accuracy, progress)
+    else:
+        scorers, answers, facts = run.paired(Path(base), tuned_paths, suites, classes, layers, accuracy, progress)
+    summary, frames = assemble(scorers, facts["inputs"], answers, base=facts["base"], base_path=facts["base_path"],
+                               settings={**asdict(s), "device": facts["device"], "dtype": facts["dtype"],
+                                         "scoring": facts["scoring"]},
+                               th=th, seed=s.seed, top_tokens=s.top_tokens, notes=facts["notes"], weights=weights,
+                               accuracy=accuracy)
+    run.clock["tables"] = time.perf_counter()
+    run.memory.mark("tables")
+    result = DriftResult(summary, frames, run.meta(started, facts))
+    del scorers, facts
     gc.collect()
     if run_dir is not None:
         result.meta["name"] = run_dir.name
@@ -290,81 +155,196 @@ def compare(
     return result
 
 
-def add_weights(checkpoints: list[dict], base: Path, tables: dict, correlations: dict) -> None:
-    """Weight distance beside function distance, per checkpoint (no forward pass)."""
-    from driftscope.correlations import correlation
-    from driftscope.errors import DriftscopeError
-    from driftscope.layers import weight_vs_function
-    from driftscope.weights import weight_summary, weight_table
+def capture_base(base: str | Path, probes: list[str | Path] | None = None, out: str | Path = "base-cache", *,
+            classes: dict[str, str] | None = None, accuracy: bool = True, overwrite: bool = False,
+            progress: Callable[[int, int], None] | None = None, **settings) -> BaseCapture:
+    """Capture the base once on the suites and save it at `out` for compare(base_cache=out)."""
+    s = Settings(**settings)
+    s.check()
+    out = Path(out)
+    if out.exists() and not overwrite:  # before loading anything
+        raise DriftscopeError(f"{out} already exists", "pass --overwrite, or choose another --out")
+    suites = load_suites(probes)
+    base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
+    inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck], s, classes)
+    tick = Progress(progress, len(inputs.batches) + 1)
+    cache = record_base(base_ck, inputs, k=s.top_k, seed=s.seed, accuracy=accuracy, batch_size=s.batch_size, tick=tick)
+    cache.save(out, overwrite=overwrite)
+    return cache
 
-    rows = []
-    for c in checkpoints:
-        try:
-            wt = weight_table(base, Path(c["path"]))
-        except DriftscopeError as e:  # e.g. a DoRA adapter: the run goes on without weights
-            c["figures"]["weights"] = {"note": e.reason}
-            continue
-        tables.setdefault("weights", []).append(wt.with_columns(pl.lit(c["label"]).alias("checkpoint")))
-        c["figures"]["weights"] = ws = weight_summary(wt)
-        mine = [t for t in tables.get("layers", []) if t.height and t["checkpoint"][0] == c["label"]]
-        comps = [t for t in tables.get("components", []) if t.height and t["checkpoint"][0] == c["label"]]
-        if mine:
-            ws["vs_function"] = weight_vs_function(wt, mine[0], comps[0] if comps else None)
-        rows.append((ws["rel_change"], c["figures"]["kl"]["mean"]))
-    if len(rows) > 1:
-        correlations["weights_vs_kl"] = correlation([r[0] for r in rows], [r[1] for r in rows])
+
+def _prepare(suites, tokenizer, n_ctx: int | None, models: list[Checkpoint], s: Settings, classes,
+             vocab: int | None = None) -> Inputs:
+    return prepare(suites, tokenizer, [c.model for c in models], n_ctx=n_ctx or 2048, chat_template=s.chat_template,
+                   fewshot=s.fewshot, seed=s.seed, max_length=s.max_length, batch_size=s.batch_size, classes=classes,
+                   vocab=vocab)
+
+
+def _has_answers(inputs: Inputs, accuracy: bool) -> bool:
+    return accuracy and any(p.answer is not None for p in inputs.probes)
+
+
+@dataclass
+class _Run:
+    """One compare's settings, clock and memory marks, shared by its three ways of scoring."""
+
+    s: Settings
+    th: Thresholds
+    start: float
+    memory: PhasePeaks
+
+    def __post_init__(self):
+        self.clock = {"start": self.start}
+
+    def mark(self, phase: str) -> None:
+        self.clock[phase] = time.perf_counter()
+        release_free_memory()
+        self.memory.mark(phase)
+
+    def scorer(self, ck: Checkpoint, base_tok, inputs: Inputs, layers=None) -> Scorer:
+        acc = DriftAccumulator(ck.label, [x.name for x in inputs.suites], inputs.suite_of, inputs.table, inputs.vocab)
+        return Scorer(ck, align_vocab(base_tok, ck.tokenizer), acc, OffsetEstimator(len(inputs.probes), inputs.vocab, self.s.seed),
+                      layers)
+
+    def facts(self, base_ck: Checkpoint | None, inputs: Inputs, scoring: str, notes: list[str], **extra) -> dict:
+        model = base_ck.model if base_ck is not None and base_ck.model is not None else None
+        param = next(model.parameters()) if model is not None else None
+        return {"inputs": inputs, "scoring": scoring, "notes": notes,
+                "base": base_ck.describe() if base_ck is not None else None,
+                "base_path": Path(base_ck.path) if base_ck is not None else None,
+                "device": param.device.type if param is not None else extra.pop("device", "cpu"),
+                "dtype": str(param.dtype).replace("torch.", "") if param is not None else extra.pop("dtype", ""),
+                "batches": len(inputs.batches), **extra}
+
+    def paired(self, base: Path, tuned_paths, suites, classes, layers: bool, accuracy: bool, progress):
+        s = self.s
+        base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
+        pause_if_testing("loading")
+        tuned_cks = [load_tuned(p, base_ck, label, s.allow_pickle) for p, label in zip(tuned_paths, _labels(tuned_paths))]
+        inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck, *tuned_cks], s, classes)
+        head_cache: dict = {}  # the base head's (d, d) grams, computed once for all checkpoints
+        scorers, notes = [], [c.warning for c in (base_ck, *tuned_cks) if c.warning]
+        for ck in tuned_cks:
+            la, note = (try_layer_accumulator(ck.label, base_ck.model, ck.model, inputs.table, inputs.vocab, seed=s.seed,
+                                              head_cache=head_cache) if layers else (None, None))
+            scorers.append(self.scorer(ck, base_ck.tokenizer, inputs, la))
+            notes += [note] if note else []
+        self.mark("loaded")
+        answering = _has_answers(inputs, accuracy)
+        total = len(inputs.batches) * (1 + len(tuned_cks)) + (1 + 2 * len(tuned_cks)) * answering
+        tick = Progress(progress, total)
+        resident = paired_pass(base_ck, scorers, inputs.batches, inputs.vocab, tick)
+        self.mark("drift")
+        answers = []
+        if answering:
+            tick.phase = "accuracy"
+            answers = answer_items(base_ck, tuned_cks, [x.est for x in scorers], inputs.probes, inputs.encoded, inputs.chat,
+                                   inputs.max_length, s.batch_size, inputs.vocab, tick)
+        self.mark("accuracy")
+        return scorers, answers, self.facts(base_ck, inputs, "paired", notes, rss_mb=resident)
+
+    def sequential(self, base: Path, tuned_paths, suites, classes, accuracy: bool, progress):
+        """The base captured, then each checkpoint loaded, scored and freed in turn. Full checkpoints
+        free the base first; adapters keep it (they share its weights: one model resident)."""
+        s = self.s
+        base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
+        pause_if_testing("loading")
+        inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck], s, classes)
+        self.mark("loaded")
+        answering = _has_answers(inputs, accuracy)
+        tick = Progress(progress, (len(inputs.batches) + 2 * answering) * (1 + len(tuned_paths)))
+        cache = record_base(base_ck, inputs, k=s.top_k, seed=s.seed, accuracy=answering, batch_size=s.batch_size, tick=tick)
+        facts = self.facts(base_ck, inputs, "sequential", [c for c in [base_ck.warning] if c])
+        if not any(checkpoint_kind(p) == "adapter" for p in tuned_paths):
+            base_ck.release()
+        scorers, answers = self._score_each(cache, base_ck, tuned_paths, inputs, answering, tick, facts["notes"])
+        return scorers, answers, facts
+
+    def against_cache(self, base, cache_path: Path, tuned_paths, suites, classes, accuracy: bool, progress):
+        s = self.s
+        cache = BaseCapture.load(cache_path)  # unreadable, truncated or of another schema: refused here
+        base_ck = None
+        if base is not None:
+            base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
+            if base_ck.fingerprint != cache.manifest.get("fingerprint"):
+                raise CacheMismatch(f"the base cache at {cache_path} was captured from another model than {base} "
+                                    f"({cache.manifest.get('base_path', 'unknown')})", "pass the BASE it was captured from")
+        elif any(checkpoint_kind(p) == "adapter" for p in tuned_paths):
+            raise DriftscopeError("an adapter needs its base model, and --base-cache holds only the base's figures",
+                                  "give BASE before the checkpoints: driftscope compare --base-cache CACHE BASE ADAPTER")
+        pause_if_testing("loading")
+        # The probes are encoded with the base's tokenizer, else the first checkpoint's (the cache checks it is the same).
+        tok = base_ck.tokenizer if base_ck else load_tokenizer(tuned_paths[0])
+        n_ctx = base_ck.n_ctx if base_ck else cache.manifest.get("settings", {}).get("max_length")
+        inputs = _prepare(suites, tok, n_ctx, [], s, classes, vocab=cache.vocab)
+        expect = expected_manifest(base_ck.fingerprint if base_ck else None, tok, inputs, s.seed,
+                                   _has_answers(inputs, accuracy))
+        check_manifest(cache.manifest, {"tokenizer": expect.pop("tokenizer"), **expect}, cache_path)
+        self.mark("loaded")
+        answering = _has_answers(inputs, accuracy)
+        tick = Progress(progress, (len(inputs.batches) + 2 * answering) * len(tuned_paths))
+        base_desc = {"label": cache.manifest.get("base_label", ""), "path": cache.manifest.get("base_path", ""),
+                     "kind": "cache", "fingerprint": cache.manifest.get("fingerprint", ""), "cache": str(cache_path)}
+        facts = self.facts(base_ck, inputs, "base-cache", [], device=s.device, dtype=s.dtype)
+        if base_ck is None:
+            facts["base"], facts["base_path"] = base_desc, None
+        scorers, answers = self._score_each(cache, base_ck, tuned_paths, inputs, answering, tick, facts["notes"],
+                                            base_tok=tok)
+        return scorers, answers, facts
+
+    def _score_each(self, cache: BaseCapture, base_ck, tuned_paths, inputs: Inputs, answering: bool, tick, notes,
+                    base_tok=None):
+        """Load, score and free each checkpoint in turn against the cache."""
+        s, base_tok = self.s, base_tok or base_ck.tokenizer
+        scorers, answers = [], []
+        notes.append(LAYERS_NOTE)
+        for path, label in zip(tuned_paths, _labels(tuned_paths)):
+            ck = load_tuned(path, base_ck, label, s.allow_pickle, device=s.device, dtype=s.dtype)
+            _check_head(ck, inputs.vocab)
+            notes += [ck.warning] if ck.warning else []
+            scorer = self.scorer(ck, base_tok, inputs)
+            cached_pass(scorer, cache, inputs, tick)
+            tick.phase = "accuracy" if answering else None
+            if answering:
+                answers.append(tuned_answers(ck, scorer.est, cache.items["answers"], base_tok, inputs.probes,
+                                             inputs.encoded, inputs.chat, inputs.max_length, s.batch_size, inputs.vocab, tick))
+            tick.phase = None
+            ck.release()
+            scorers.append(scorer)
+            gc.collect()
+            release_free_memory()
+        self.mark("drift")
+        self.mark("accuracy")
+        return scorers, answers
+
+    def meta(self, started: float, facts: dict) -> dict:
+        phases = ("start", "loaded", "drift", "accuracy", "tables")
+        timings = {f"{b}_s": round(self.clock[b] - self.clock[a], 3) for a, b in zip(phases, phases[1:])}
+        timings["batches"] = facts["batches"]
+        rss = facts.get("rss_mb", {})
+        return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
+                "timings": timings, "peak_rss_mb": self.memory.peaks, "rss_mb": {k: v and round(v, 1) for k, v in rss.items()},
+                "python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
+
+
+def base_among(paths: list[Path], cache_path: str | Path) -> tuple[Path | None, list[Path]]:
+    """With --base-cache, BASE is optional: the first path is BASE when it is the
+    model the cache was captured from (same fingerprint), else every path is a checkpoint."""
+    cache = BaseCapture.load(cache_path)
+    first = Path(paths[0])
+    if first.is_dir() and checkpoint_kind(first) == "model" and fingerprint(first) == cache.manifest.get("fingerprint"):
+        return first, [Path(p) for p in paths[1:]]
+    return None, [Path(p) for p in paths]
+
+
+def _check_head(ck: Checkpoint, vocab: int) -> None:
+    rows = ck.model.get_output_embeddings().weight.shape[0]
+    if rows < vocab:
+        raise CacheMismatch(f"{ck.path}: its LM head scores {rows} ids, the base cache {vocab}",
+                            "score it in a paired run: driftscope compare BASE TUNED")
 
 
 def default_name(base: Path, tuned: list[Path]) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = tuned[0].name if len(tuned) == 1 else f"{tuned[0].name}-{len(tuned)}ckpts"
     return f"{stamp}-{base.name}-vs-{target}"
-
-
-def items_table(positions: pl.DataFrame, probes: list[Probe], encoded, answers: pl.DataFrame | None) -> pl.DataFrame:
-    """One row per (checkpoint, probe): drift at the next position and over the
-    answer, and each model's answer and correctness where the probe has one."""
-    meta = pl.DataFrame({
-        "probe_index": [e.index for e in encoded],
-        "prompt": [probes[e.index].prompt for e in encoded],
-        "answer": [probes[e.index].answer for e in encoded],
-        "n_prompt_tokens": [e.n_prompt for e in encoded],
-        "truncated_tokens": [e.truncated for e in encoded],
-    }, schema_overrides={"answer": pl.String})
-    agg = positions.group_by("checkpoint", "probe_index").agg(
-        pl.col("suite").first(),
-        pl.col("probe_id").first(),
-        pl.len().alias("n_positions"),
-        pl.col("kl").filter(pl.col("kind") == "next").first().alias("kl_next"),
-        pl.col("kl").mean().alias("kl_mean"),
-        pl.col("js").filter(pl.col("kind") == "next").first().alias("js_next"),
-        pl.col("top1_agree").filter(pl.col("kind") == "next").first().alias("top1_agree_next"),
-        (pl.col("q_numeric") - pl.col("p_numeric")).filter(pl.col("kind") == "next").first().alias("numeric_shift_next"),
-        pl.col("p_gold").log().sum().alias("logp_answer"),
-        pl.col("q_gold").log().sum().alias("logq_answer"),
-    )
-    out = agg.join(meta, on="probe_index", how="left")
-    if answers is not None:
-        out = out.join(answers, on=["checkpoint", "probe_index"], how="left")
-    return out.sort("checkpoint", "probe_index")
-
-
-def suites_table(checkpoints: list[dict], suites: list[ProbeSuite]) -> pl.DataFrame:
-    meta = {x.name: x for x in suites}
-    rows = []
-    for c in checkpoints:
-        for name, f in c["figures"]["suites"].items():
-            rows.append({
-                "checkpoint": c["label"], "suite": name, "version": meta[name].version, "hash": meta[name].hash,
-                "n_probes": f["n_probes"], "n_positions": f["n_positions"],
-                "kl_mean": f["kl"]["mean"], "kl_p99": f["kl"]["p99"], "js_mean": f["js"]["mean"],
-                "top1_agreement": f["top1_agreement"],
-                "numeric_base": f["classes"]["numeric"]["base"], "numeric_tuned": f["classes"]["numeric"]["tuned"],
-                "numeric_shift": f["classes"]["numeric"]["shift"], "kl_between_share": f["kl_split"]["between_share"],
-                **{k: f.get(k) for k in ("accuracy_base", "accuracy_tuned", "accuracy_corrected", "accuracy_change",
-                                         "mcnemar_p", "recovered", "verdict", "n_choice_items", "free_accuracy_base",
-                                         "free_accuracy_tuned", "free_accuracy_change", "free_mcnemar_p")},
-                "accuracy_change_lo": (f.get("accuracy_change_ci") or [None, None])[0],
-                "accuracy_change_hi": (f.get("accuracy_change_ci") or [None, None])[1],
-            })
-    return pl.DataFrame(rows)
