@@ -11,6 +11,10 @@ fresh process each:
   compare  driftscope.compare() on the same probes: its drift pass (hooks,
            metrics, reducers) is timed against `bare`; the accuracy pass
            (choice scoring and greedy decoding) is reported beside it.
+  cached   the base captured once (capture_s), then the tuned model scored
+           against the capture (cached_score_s, against bare_tuned_s: the
+           tuned model's own forward passes), as --sequential, --base-cache
+           and the training callback run them.
 Peak memory is resident set size: the whole process's peak, and the peak of
 the scoring pass alone (bare: the forward passes; compare: the drift pass),
 each phase's peak being measured on its own (driftscope.memory; Linux).
@@ -81,17 +85,45 @@ def bare(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype
     dev = next(b.model.parameters()).device
     memory.mark("loaded")
     start = time.perf_counter()
+    each = [0.0, 0.0]  # the base's and the tuned model's own seconds
     with torch.inference_mode():
         for batch in batches:
             batch.to(dev)
-            for model in (b.model, t.model):
+            for i, model in enumerate((b.model, t.model)):
+                tick = time.perf_counter()
                 model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                each[i] += time.perf_counter() - tick
     seconds = time.perf_counter() - start
     memory.mark("pass")
-    return {"seconds": seconds, "batches": len(batches), "peak_rss_mb": memory.peaks["run"],
-            "pass_peak_rss_mb": memory.peaks["pass"]}
+    return {"seconds": seconds, "base_s": each[0], "tuned_s": each[1], "batches": len(batches),
+            "peak_rss_mb": memory.peaks["run"], "pass_peak_rss_mb": memory.peaks["pass"]}
+
+
+def cached(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str) -> dict:
+    """The two phases as --sequential, --base-cache and the training callback run them:
+    the base captured (timed), then the tuned model scored against the capture (timed)."""
+    from driftscope.answers import OffsetEstimator
+    from driftscope.cached import cached_pass, record_base
+    from driftscope.drift import DriftAccumulator
+    from driftscope.inputs import load_suites, prepare
+    from driftscope.models import align_vocab, load_base, load_tuned
+    from driftscope.paired import Scorer
+
+    b = load_base(base, device, dtype)
+    suites = load_suites([probes])
+    inputs = prepare(suites, b.tokenizer, [b.model], n_ctx=b.n_ctx or 2048, batch_size=batch_size)
+    start = time.perf_counter()
+    cache = record_base(b, inputs, accuracy=False, batch_size=batch_size)
+    capture_s = time.perf_counter() - start
+    t = load_tuned(tuned, b)
+    acc = DriftAccumulator(t.label, [x.name for x in suites], inputs.suite_of, inputs.table, inputs.vocab)
+    scorer = Scorer(t, align_vocab(b.tokenizer, t.tokenizer), acc, OffsetEstimator(len(inputs.probes), inputs.vocab, 0))
+    start = time.perf_counter()
+    cached_pass(scorer, cache, inputs)
+    return {"capture_s": capture_s, "score_s": time.perf_counter() - start, "k": cache.k,
+            "cache_size_ratio": cache.size_ratio(), "cache_mb": cache.nbytes / 2**20}
 
 
 def compare_run(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str, accuracy: bool = True,
@@ -149,7 +181,8 @@ def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtyp
             if len(seen) != 1:
                 raise RuntimeError(f"benchmark workers ran with different MALLOC_MMAP_THRESHOLD_: {sorted(map(str, seen))}")
             (threshold,) = seen
-            one = {"probes": n, "batches": b["batches"], "bare_s": b["seconds"], "drift_s": c["seconds"],
+            one = {"probes": n, "batches": b["batches"], "bare_s": b["seconds"], "bare_base_s": b["base_s"],
+                   "bare_tuned_s": b["tuned_s"], "drift_s": c["seconds"],
                    "ratio": c["seconds"] / b["seconds"], "accuracy_s": c["accuracy_s"],
                    "bare_peak_mb": b["peak_rss_mb"], "compare_peak_mb": c["peak_rss_mb"],
                    "bare_pass_peak_mb": b["pass_peak_rss_mb"], "drift_pass_peak_mb": c["pass_peak_rss_mb"],
@@ -162,7 +195,7 @@ def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtyp
 
 
 PEER_KEYS = ("handwritten_s", "handwritten_load_s", "compare_load_s", "drift_no_layers_s", "compare_total_s",
-             "lmeval_s", "lmeval_items")
+             "capture_s", "cached_score_s", "cache_size_ratio", "lmeval_s", "lmeval_items")
 
 
 def peer_figures(c: dict, env: dict | None, kw: dict, peers: bool) -> dict:
@@ -176,9 +209,11 @@ def peer_figures(c: dict, env: dict | None, kw: dict, peers: bool) -> dict:
         return dict.fromkeys(PEER_KEYS)
     h = _in_subprocess("handwritten", env, **kw)
     n = _in_subprocess("compare", env, **kw, accuracy=False, layers=False)
+    k = _in_subprocess("cached", env, **kw)
     lm = _in_subprocess("lmeval", env, **kw) if shutil.which("lm_eval") else {}
     return {"handwritten_s": h["seconds"], "handwritten_load_s": h["load_s"], "compare_load_s": c["load_s"],
-            "drift_no_layers_s": n["seconds"], "compare_total_s": c["total_s"], "lmeval_s": lm.get("seconds"),
+            "drift_no_layers_s": n["seconds"], "compare_total_s": c["total_s"], "capture_s": k["capture_s"],
+            "cached_score_s": k["score_s"], "cache_size_ratio": k["cache_size_ratio"], "lmeval_s": lm.get("seconds"),
             "lmeval_items": lm.get("items")}
 
 
@@ -188,7 +223,7 @@ def summarise(runs: list[dict]) -> dict:
 
     row = {"probes": runs[0]["probes"], "batches": runs[0]["batches"], "repeat": len(runs),
            "mmap_threshold_kb": runs[0].get("mmap_threshold_kb")}
-    for key in ("bare_s", "drift_s", "ratio", "accuracy_s", "bare_peak_mb", "compare_peak_mb", "bare_pass_peak_mb",
+    for key in ("bare_s", "bare_base_s", "bare_tuned_s", "drift_s", "ratio", "accuracy_s", "bare_peak_mb", "compare_peak_mb", "bare_pass_peak_mb",
                 "drift_pass_peak_mb", "drift_retained_mb", "tables_mb", *PEER_KEYS):
         values = [r[key] for r in runs if r[key] is not None]
         row[key] = statistics.median(values) if values else None
@@ -200,6 +235,6 @@ def summarise(runs: list[dict]) -> dict:
 
 if __name__ == "__main__":
     mode, kwargs = sys.argv[1], json.loads(sys.argv[2])
-    result = {"bare": bare, "compare": compare_run}[mode](**kwargs)
+    result = {"bare": bare, "compare": compare_run, "cached": cached}[mode](**kwargs)
     result["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")  # as the worker saw it
     print(json.dumps(result))

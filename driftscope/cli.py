@@ -491,7 +491,12 @@ def bench_table(rows: list[dict]) -> Table:
                   ("no layers / hand loop", lambda r: f"{r['drift_no_layers_s'] / r['handwritten_s']:.2f}x"),
                   ("load s: compare", lambda r: f"{r['compare_load_s']:.1f}"),
                   ("load s: transformers", lambda r: f"{r['handwritten_load_s']:.1f}"),
-                  ("whole compare s", lambda r: f"{r['compare_total_s']:.1f}")]
+                  ("whole compare s", lambda r: f"{r['compare_total_s']:.1f}"),
+                  ("base capture s", lambda r: f"{r['capture_s']:.2f}"),
+                  ("bare tuned pass s", lambda r: f"{r['bare_tuned_s']:.2f}"),
+                  ("scored vs capture s", lambda r: f"{r['cached_score_s']:.2f}"),
+                  ("  / bare tuned pass", lambda r: f"{r['cached_score_s'] / r['bare_tuned_s']:.2f}x"),
+                  ("cache / uint16 file", lambda r: f"{r['cache_size_ratio']:.2%}")]
     if rows[0].get("lmeval_s") is not None:
         lines += [("lm-eval MC, 2 models s", lambda r: f"{r['lmeval_s']:.1f} ({r['lmeval_items']} items)"),
                   ("whole compare / lm-eval", lambda r: f"{r['compare_total_s'] / r['lmeval_s']:.2f}x")]

@@ -91,14 +91,14 @@ class Checkpoint:
 
     @property
     def n_ctx(self) -> int | None:
-        return _n_ctx(self.model.config)
+        return config_context(self.model.config)
 
     def describe(self) -> dict:
         out = {"label": self.label, "path": self.path, "kind": self.kind, "fingerprint": self.fingerprint}
         return out | ({"warning": self.warning} if self.warning else {})
 
 
-def _n_ctx(cfg) -> int | None:
+def config_context(cfg) -> int | None:
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         if isinstance(getattr(cfg, key, None), int):
             return getattr(cfg, key)
@@ -382,7 +382,7 @@ def context_length(path: str | Path) -> int | None:
     if checkpoint_kind(path) != "model":
         return None
     cfg = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    return _n_ctx(cfg)
+    return config_context(cfg)
 
 
 def _load_gguf(path: Path, label: str, device: torch.device, dtype: torch.dtype) -> Checkpoint:

@@ -104,9 +104,13 @@ def test_bench_peers_time_the_hand_written_loop_and_compare_without_layers(famil
                                    "--no-accuracy", "--json", str(out)])
     assert res.exit_code == 0, res.output
     (row,) = json.loads(out.read_text())
-    for key in ("handwritten_s", "handwritten_load_s", "compare_load_s", "drift_no_layers_s"):
+    for key in ("handwritten_s", "handwritten_load_s", "compare_load_s", "drift_no_layers_s", "capture_s",
+                "cached_score_s", "bare_base_s", "bare_tuned_s"):
         assert row[key] > 0, key
+    assert row["bare_base_s"] + row["bare_tuned_s"] <= row["bare_s"]
+    assert 0 < row["cache_size_ratio"]
     assert "hand-written loop s" in res.output and "no layers / hand loop" in res.output
+    assert "scored vs capture s" in res.output
 
 
 def test_the_hand_written_loop_measures_the_same_kl_as_compare(family, tmp_path):
