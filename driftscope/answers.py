@@ -172,10 +172,14 @@ def is_match(generated: str, gold: str, choices: tuple[str, ...] | None = None) 
 
 
 @torch.inference_mode()
-def greedy(model, prompts: list[list[int]], max_new: int, pad: int, eos_id: int | None,
+def greedy(model, prompts: list[list[int]], max_new: int | list[int], pad: int, eos_id: int | None,
            offsets: torch.Tensor | None = None, vocab: int | None = None) -> list[list[int]]:
-    """Greedy decoding of a left-padded batch with the KV cache. `offsets` (B, vocab),
-    when given, is subtracted from the logits of ids [0, vocab) at every step."""
+    """Greedy decoding of a left-padded batch with the KV cache: each row up to its
+    own budget (`max_new`, one for all or one per row) or EOS. A finished row's
+    position stops advancing, so no row runs past the context it was fitted to.
+    `offsets` (B, vocab), when given, is subtracted from the logits of ids [0, vocab)
+    at every step."""
+    budgets = torch.tensor(max_new if isinstance(max_new, list) else [max_new] * len(prompts))
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -187,9 +191,10 @@ def greedy(model, prompts: list[list[int]], max_new: int, pad: int, eos_id: int 
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    budgets = budgets.to(device)
     new: list[list[int]] = [[] for _ in prompts]
     last = pos[:, -1]
-    for _ in range(max_new):
+    for step in range(int(budgets.max())):
         logits = out.logits[:, -1].float()
         if offsets is not None:
             logits[:, :vocab] -= offsets.to(device)
@@ -197,35 +202,39 @@ def greedy(model, prompts: list[list[int]], max_new: int, pad: int, eos_id: int 
         for r in range(len(prompts)):
             if not done[r]:
                 new[r].append(int(nxt[r]))
+        done |= budgets <= step + 1
         if eos_id is not None:
             done |= nxt == eos_id
         if done.all():
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        last = last + 1
+        last = torch.where(done, last, last + 1)
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
                     **{CACHE: getattr(out, CACHE)}, use_cache=True, logits_to_keep=1)
     return new
 
 
-def decoding_budget(chunk: list[Encoded]) -> int:
-    """New tokens to decode for a batch: the longest answer and SENTENCE more
+def decoding_budget(e: Encoded) -> int:
+    """New tokens to decode for a probe: its answer's length and SENTENCE more
     (room for "The capital of France is" before it), at most MAX_NEW, and at
-    most what each probe's max_length leaves after BOS, the chat header and
-    one prompt token."""
-    want = min(max(e.n_answer for e in chunk) + SENTENCE, MAX_NEW)
-    return max(1, min([want] + [e.max_length - e.n_head - 1 for e in chunk if e.max_length is not None]))
+    most what its max_length leaves after BOS, the chat header and one prompt
+    token. Per probe, so an answer does not depend on its batch-mates (nor on
+    how a distributed run dealt the probes)."""
+    want = min(e.n_answer + SENTENCE, MAX_NEW)
+    return max(1, want if e.max_length is None else min(want, e.max_length - e.n_head - 1))
 
 
 def generate_all(model, tok, encoded: list[Encoded], batch_size: int, offsets_of=None, vocab=None) -> dict[int, str]:
-    """Greedy answers for every encoded probe (prompt part only): index -> text."""
+    """Greedy answers for every encoded probe (prompt part only): index -> text,
+    each decoded to its own budget."""
     order = sorted(encoded, key=lambda e: (e.n_prompt, e.index))
     texts = {}
     for i in range(0, len(order), batch_size):
         chunk = order[i : i + batch_size]
-        max_new = decoding_budget(chunk)
+        budgets = [decoding_budget(e) for e in chunk]
         offs = offsets_of(torch.tensor([e.index for e in chunk])) if offsets_of else None
-        outs = greedy(model, [decoding_prompt(e, max_new) for e in chunk], max_new, pad_id(tok), tok.eos_token_id, offs, vocab)
+        outs = greedy(model, [decoding_prompt(e, b) for e, b in zip(chunk, budgets)], budgets, pad_id(tok),
+                      tok.eos_token_id, offs, vocab)
         for e, ids in zip(chunk, outs):
             texts[e.index] = tok.decode(ids, skip_special_tokens=True)
         release_free_memory()  # the KV cache of this batch (see driftscope.memory)
@@ -235,12 +244,12 @@ def generate_all(model, tok, encoded: list[Encoded], batch_size: int, offsets_of
 # -- choices --------------------------------------------------------------------
 
 
-def choice_sequences(probes, tok, chat: bool, max_length: int) -> tuple[list[Encoded], list[tuple[int, int]]]:
-    """One encoded sequence per (probe, choice); returns them and their (probe, choice) keys."""
+def choice_sequences(probes, tok, chat: bool, max_length: int, mine=lambda i: True) -> tuple[list[Encoded], list[tuple[int, int]]]:
+    """One encoded sequence per (probe, choice) of the probes `mine` keeps; returns them and their (probe, choice) keys."""
     seqs, keys = [], []
     header = header_text(tok, chat)
     for i, p in enumerate(probes):
-        if not p.choices:
+        if not p.choices or not mine(i):
             continue
         for j, c in enumerate(p.choices):
             e = encode(dataclasses.replace(p, answer=c), len(seqs), tok, chat, max_length, header)
@@ -292,19 +301,21 @@ def batches_for(seqs: list[Encoded], batch_size: int, tok, device) -> list[Batch
 # -- the answering pass: base once, each tuned checkpoint plain and corrected --
 
 
-def answer_items(base_ck, tuned_cks, estimators, probes, encoded, chat, max_length, batch_size, vocab, progress=None):
-    """Per-item answers and correctness: one polars frame per tuned checkpoint."""
+def answer_items(base_ck, tuned_cks, estimators, probes, encoded, chat, max_length, batch_size, vocab, progress=None,
+                 only: set[int] | None = None):
+    """Per-item answers and correctness: one polars frame per tuned checkpoint
+    (`only`: these probe indices, a shard of a distributed run)."""
     tick = progress or (lambda: None)
-    base = base_answers(base_ck, probes, encoded, chat, max_length, batch_size, vocab)
+    base = base_answers(base_ck, probes, encoded, chat, max_length, batch_size, vocab, only)
     tick()
-    return [tuned_answers(ck, est, base, base_ck.tokenizer, probes, encoded, chat, max_length, batch_size, vocab, tick)
-            for ck, est in zip(tuned_cks, estimators)]
+    return [tuned_answers(ck, est, base, base_ck.tokenizer, probes, encoded, chat, max_length, batch_size, vocab, tick,
+                          only) for ck, est in zip(tuned_cks, estimators)]
 
 
-def base_answers(base_ck, probes, encoded, chat, max_length, batch_size, vocab) -> dict:
+def base_answers(base_ck, probes, encoded, chat, max_length, batch_size, vocab, only: set[int] | None = None) -> dict:
     """The base's greedy answers and choice log-likelihoods, as JSON (a base cache keeps them):
     {"texts": {probe index: answer}, "choice_ll": [...] | None, "choice_counts": [...] | None}."""
-    job = _AnswerJob(base_ck.tokenizer, base_ck.model, probes, encoded, chat, max_length, batch_size, vocab)
+    job = _AnswerJob(base_ck.tokenizer, base_ck.model, probes, encoded, chat, max_length, batch_size, vocab, only)
     with base_ck.active():  # adapters sharing the base: all off
         texts = job.generate(base_ck.model)
         ll, cnt, _ = job.choices(base_ck.model)
@@ -313,10 +324,11 @@ def base_answers(base_ck, probes, encoded, chat, max_length, batch_size, vocab) 
             "choice_counts": None if cnt is None else np.asarray(cnt).tolist()}
 
 
-def tuned_answers(ck, est, base: dict, tok, probes, encoded, chat, max_length, batch_size, vocab, tick=lambda: None):
+def tuned_answers(ck, est, base: dict, tok, probes, encoded, chat, max_length, batch_size, vocab, tick=lambda: None,
+                  only: set[int] | None = None):
     """One tuned checkpoint's answers, plain and bias-corrected, beside the base's (`base_answers`),
     the probes encoded with `tok` (the base's): a polars frame."""
-    job = _AnswerJob(tok, ck.model, probes, encoded, chat, max_length, batch_size, vocab)
+    job = _AnswerJob(tok, ck.model, probes, encoded, chat, max_length, batch_size, vocab, only)
     with ck.active():  # an adapter sharing the base: only it on
         t_texts = job.generate(ck.model)
     tick()
@@ -334,10 +346,11 @@ def tuned_answers(ck, est, base: dict, tok, probes, encoded, chat, max_length, b
 class _AnswerJob:
     """The answering pass's inputs for one model: answered probes and choice sequences, batched."""
 
-    def __init__(self, tok, model, probes, encoded, chat, max_length, batch_size, vocab):
+    def __init__(self, tok, model, probes, encoded, chat, max_length, batch_size, vocab, only=None):
         self.tok, self.batch_size, self.vocab = tok, batch_size, vocab
-        self.with_answer = [e for e in encoded if probes[e.index].answer is not None]
-        self.seqs, self.keys = choice_sequences(probes, tok, chat, max_length)
+        mine = (lambda i: True) if only is None else (lambda i: i in only)  # noqa: E731
+        self.with_answer = [e for e in encoded if probes[e.index].answer is not None and mine(e.index)]
+        self.seqs, self.keys = choice_sequences(probes, tok, chat, max_length, mine)
         device = input_device(model)
         self.batches = batches_for(self.seqs, batch_size, tok, device) if self.seqs else []
 

@@ -6,6 +6,7 @@ Exit codes: 0 passed, 1 a gate failed, 2 bad usage or input, 3 inconclusive.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -43,9 +44,11 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except DriftscopeError as e:
-            err.print(f"[bold red]error:[/] {esc(e.reason)}", highlight=False, soft_wrap=True)
-            if e.hint:
-                err.print(f"  {esc(e.hint)}", highlight=False, soft_wrap=True)
+            if _main_process():  # a torchrun job says it once
+                err.print(f"[bold red]error:[/] {esc(e.reason)}", highlight=False, soft_wrap=True)
+                if e.hint:
+                    err.print(f"  {esc(e.hint)}", highlight=False, soft_wrap=True)
+            _settle()
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt as e:
             err.print(f"interrupted: {esc(e.written)}" if isinstance(e, Interrupted) else "interrupted",
@@ -53,6 +56,19 @@ def friendly(fn):
             raise typer.Exit(130)
 
     return wrapper
+
+
+def _settle() -> None:
+    """In a torchrun job, every rank leaves together (after rank 0 has printed)."""
+    if "WORLD_SIZE" in os.environ:
+        from driftscope.distributed import settle
+
+        settle()
+
+
+def _main_process() -> bool:
+    """Rank 0 of a torchrun job, or the only process."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def check_outputs(**paths: Path | None) -> None:
@@ -128,7 +144,7 @@ def compare(
         base, tuned = base_among(paths, base_cache)
     else:
         base, tuned = paths[0], paths[1:]
-    with scoring_bar(err) as progress:
+    with scoring_bar(err if _main_process() else None) as progress:
         try:
             result = driftscope.compare(
                 base, tuned, probes, sequential=sequential, base_cache=base_cache, top_k=top_k, classes=parse_classes(cls or []), out=out_dir, name=name, overwrite=overwrite,
@@ -139,6 +155,9 @@ def compare(
             )
         except KeyboardInterrupt as e:  # the run folder appears whole or not at all (DriftResult.to_dir)
             raise e if isinstance(e, Interrupted) else Interrupted("nothing was written") from None
+    _settle()
+    if result is None:  # another rank of a torchrun job: rank 0 reports and writes
+        return
     try:
         print_headline(result)
         out.print(f"run written to [bold]{esc(result.path)}[/]"

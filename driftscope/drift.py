@@ -48,6 +48,18 @@ class Scope:
         self.classes.update(masses[0][sel], masses[1][sel])
         self.probes.update(probes[sel].tolist())
 
+    def merge(self, other: Scope) -> Scope:
+        """Another shard's reducers into these (distributed.py)."""
+        for m in SKETCHED:
+            self.sketch[m].merge(other.sketch[m])
+        for mine, theirs in ((self.agree, other.agree), (self.between, other.between), (self.within, other.within)):
+            mine.merge(theirs)
+        self.classes.merge(other.classes)
+        self.probes |= other.probes
+        self.nonfinite += other.nonfinite
+        self.nonfinite_probes |= other.nonfinite_probes
+        return self
+
     def figures(self) -> dict:
         out: dict = {"n_probes": len(self.probes), "n_positions": self.sketch["kl"].n,
                      "nonfinite_positions": self.nonfinite, "nonfinite_probes": len(self.nonfinite_probes)}
@@ -132,6 +144,21 @@ class DriftAccumulator:
     def use_base_means(self, p_sum: np.ndarray, n: int) -> None:
         """The base's side of the token movers, from a cache: sum of p over its n positions."""
         self.movers.p_sum = np.asarray(p_sum, dtype=np.float64) * (self.movers.n / max(n, 1))
+
+    def state(self) -> dict:
+        """What the updates accumulated (no class table, no vocabulary texts): another shard's
+        `merge_state` takes it."""
+        return {"scopes": self.scopes, "movers": self.movers, "rows": self.rows, "new_token_mass": self.new_token_mass,
+                "kl_bound": self.kl_bound, "kl_bound_max": self.kl_bound_max}
+
+    def merge_state(self, state: dict) -> None:
+        for name, scope in state["scopes"].items():
+            self.scopes[name].merge(scope)
+        self.movers.merge(state["movers"])
+        self.rows += state["rows"]
+        self.new_token_mass.merge(state["new_token_mass"])
+        self.kl_bound.merge(state["kl_bound"])
+        self.kl_bound_max = max(self.kl_bound_max, state["kl_bound_max"])
 
     def _keep(self, block: Block, finite: torch.Tensor) -> np.ndarray | None:
         """(block.size,) rows to keep: real and finite; None when there is none. Counts the non-finite."""

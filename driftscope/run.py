@@ -24,6 +24,8 @@ from driftscope.answers import OffsetEstimator, answer_items, tuned_answers
 from driftscope.assemble import assemble
 from driftscope.basecapture import BaseCapture, CacheMismatch, check_manifest
 from driftscope.cached import LAYERS_NOTE, cached_pass, expected_manifest, record_base
+from driftscope import distributed
+from driftscope.distributed import answer_shard, fail_if_testing, gather_answers, merge_shards
 from driftscope.drift import DriftAccumulator
 from driftscope.errors import DriftscopeError
 from driftscope.inputs import Inputs, load_suites, prepare
@@ -127,17 +129,26 @@ def compare(
     started = time.time()
     torch.manual_seed(s.seed)
     tuned_paths = _as_paths(tuned)
-    suites = load_suites(probes)
-    named = Path(base) if base is not None else Path(str(base_cache)).with_suffix("")
-    # An unwritable --out or an existing run fails now, not after the whole run.
-    run_dir = None if out is None else check_run_target(Path(out) / (name or default_name(named, tuned_paths)), overwrite)
-    run = _Run(s, th, time.perf_counter(), PhasePeaks())
+    group = distributed.current()  # one process, or a rank of a torchrun job
+    with group.together():
+        fail_if_testing(group.rank)
+        if group.world > 1 and (sequential or base_cache is not None):
+            raise DriftscopeError(f"--sequential and --base-cache run in one process, not {group.world}",
+                                  "run them without torchrun, or drop the option for a paired run")
+        suites = load_suites(probes)
+        named = Path(base) if base is not None else Path(str(base_cache)).with_suffix("")
+        # An unwritable --out or an existing run fails now, not after the whole run (rank 0 writes).
+        run_dir = None if out is None or not group.main else check_run_target(
+            Path(out) / (name or default_name(named, tuned_paths)), overwrite)
+    run = _Run(s, th, time.perf_counter(), PhasePeaks(), group)
     if base_cache is not None:
         scorers, answers, facts = run.against_cache(base, Path(base_cache), tuned_paths, suites, classes, accuracy, progress)
     elif sequential:
         scorers, answers, facts = run.sequential(Path(base), tuned_paths, suites, classes, accuracy, progress)
     else:
         scorers, answers, facts = run.paired(Path(base), tuned_paths, suites, classes, layers, accuracy, progress)
+    if not group.main:  # its shard is merged into rank 0's figures: rank 0 writes the run
+        return None
     summary, frames = assemble(scorers, facts["inputs"], answers, base=facts["base"], base_path=facts["base_path"],
                                settings={**asdict(s), "device": facts["device"], "dtype": facts["dtype"],
                                          "scoring": facts["scoring"]},
@@ -192,6 +203,7 @@ class _Run:
     th: Thresholds
     start: float
     memory: PhasePeaks
+    group: distributed.Group = distributed.Group()
 
     def __post_init__(self):
         self.clock = {"start": self.start}
@@ -217,31 +229,46 @@ class _Run:
                 "batches": len(inputs.batches), **extra}
 
     def paired(self, base: Path, tuned_paths, suites, classes, layers: bool, accuracy: bool, progress):
-        s = self.s
-        base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
-        pause_if_testing("loading")
-        tuned_cks = [load_tuned(p, base_ck, label, s.allow_pickle) for p, label in zip(tuned_paths, _labels(tuned_paths))]
-        inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck, *tuned_cks], s, classes)
+        s, group = self.s, self.group
+        with group.together():
+            base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
+            pause_if_testing("loading")
+            tuned_cks = [load_tuned(p, base_ck, label, s.allow_pickle) for p, label in zip(tuned_paths, _labels(tuned_paths))]
+            inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck, *tuned_cks], s, classes)
+            scorers, notes = self._paired_scorers(base_ck, tuned_cks, inputs, layers)
+        self.mark("loaded")
+        answering = _has_answers(inputs, accuracy)
+        batches = group.shard(inputs.batches)  # length-sorted, dealt round-robin: the ranks finish together
+        total = len(batches) * (1 + len(tuned_cks)) + (1 + 2 * len(tuned_cks)) * answering
+        tick = Progress(progress, total)
+        with group.together():
+            resident = paired_pass(base_ck, scorers, batches, inputs.vocab, tick)
+        merge_shards(group, scorers)
+        self.mark("drift")
+        answers = []
+        if answering:
+            tick.phase = "accuracy"
+            with group.together():
+                answers = answer_items(base_ck, tuned_cks, [x.est for x in scorers], inputs.probes, inputs.encoded,
+                                       inputs.chat, inputs.max_length, s.batch_size, inputs.vocab, tick,
+                                       only=answer_shard(group, inputs))
+            answers = gather_answers(group, answers)
+        self.mark("accuracy")
+        return scorers, answers, self.facts(base_ck, inputs, "paired", notes, rss_mb=resident)
+
+    def _paired_scorers(self, base_ck: Checkpoint, tuned_cks: list[Checkpoint], inputs: Inputs, layers: bool):
+        s, notes = self.s, [c.warning for c in (base_ck, *tuned_cks) if c.warning]
         head_cache: dict = {}  # the base head's (d, d) grams, computed once for all checkpoints
-        scorers, notes = [], [c.warning for c in (base_ck, *tuned_cks) if c.warning]
+        scorers = []
+        if layers and self.group.world > 1:
+            layers = False
+            notes.append(f"no layer figures: not merged across the {self.group.world} processes of a torchrun run yet")
         for ck in tuned_cks:
             la, note = (try_layer_accumulator(ck.label, base_ck.model, ck.model, inputs.table, inputs.vocab, seed=s.seed,
                                               head_cache=head_cache) if layers else (None, None))
             scorers.append(self.scorer(ck, base_ck.tokenizer, inputs, la))
             notes += [note] if note else []
-        self.mark("loaded")
-        answering = _has_answers(inputs, accuracy)
-        total = len(inputs.batches) * (1 + len(tuned_cks)) + (1 + 2 * len(tuned_cks)) * answering
-        tick = Progress(progress, total)
-        resident = paired_pass(base_ck, scorers, inputs.batches, inputs.vocab, tick)
-        self.mark("drift")
-        answers = []
-        if answering:
-            tick.phase = "accuracy"
-            answers = answer_items(base_ck, tuned_cks, [x.est for x in scorers], inputs.probes, inputs.encoded, inputs.chat,
-                                   inputs.max_length, s.batch_size, inputs.vocab, tick)
-        self.mark("accuracy")
-        return scorers, answers, self.facts(base_ck, inputs, "paired", notes, rss_mb=resident)
+        return scorers, notes
 
     def sequential(self, base: Path, tuned_paths, suites, classes, accuracy: bool, progress):
         """The base captured, then each checkpoint loaded, scored and freed in turn. Full checkpoints
@@ -323,7 +350,7 @@ class _Run:
         timings["batches"] = facts["batches"]
         rss = facts.get("rss_mb", {})
         return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
-                "timings": timings, "peak_rss_mb": self.memory.peaks, "rss_mb": {k: v and round(v, 1) for k, v in rss.items()},
+                "timings": timings, "processes": self.group.describe(), "peak_rss_mb": self.memory.peaks, "rss_mb": {k: v and round(v, 1) for k, v in rss.items()},
                 "python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
 
 

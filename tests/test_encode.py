@@ -148,8 +148,8 @@ def test_decoding_fits_absolute_positions(llama_sp, tiny_gpt2):
     GPT-2's position table (IndexError)."""
     long = probe(LONG + "Q: What colour is grass? A:", "green")
     encoded = encode_all([long, probe("Q: What colour is grass? A:", "green")], llama_sp, False, 32)
-    budget = decoding_budget(encoded)
     for e in encoded:
+        budget = decoding_budget(e)
         prompt = decoding_prompt(e, budget)
         assert len(prompt) + budget <= 32 and prompt[0] == llama_sp.bos_token_id
     texts = generate_all(tiny_gpt2, llama_sp, encoded, batch_size=2)
@@ -159,7 +159,7 @@ def test_decoding_fits_absolute_positions(llama_sp, tiny_gpt2):
 def test_decoding_budget_leaves_a_prompt_token(llama_sp):
     e = encode(probe(LONG, "green yellow blue"), 0, llama_sp, False, 3)  # BOS + 1 prompt token + 1 answer token
     assert e.n_head == 1 and e.n_prompt == 2 and e.n_answer == 1
-    assert decoding_budget([e]) == 1 and len(decoding_prompt(e, 1)) == 2
+    assert decoding_budget(e) == 1 and len(decoding_prompt(e, 1)) == 2
 
 
 def test_200k_character_prompt_is_cut_with_bounded_tensors(llama_sp):
