@@ -60,6 +60,9 @@ _POST_NORMED = {"gemma2": ("post_attention_layernorm", "post_feedforward_layerno
                 "gemma3": ("post_attention_layernorm", "post_feedforward_layernorm")}
 ENTRY_FRACTION = 0.5  # drift "enters" at the first layer reaching this share of the final layer's
 NOISE_FLOOR = 1e-6  # a final-layer rel_l2 below this is no drift at all
+LENS_MAX_ROWS = 1024  # lens rows per block at most (a plain Linear head)
+STACK_ELEMENTS = 1 << 22  # elements of one side's stacked (layers, positions, d) states at most
+LENS_ELEMENTS = 1 << 22  # lens logits per side per vocabulary chunk (rows x ids): few, large products
 
 
 def component_modules(arch: Architecture) -> dict[str, tuple[nn.Module, ...]]:
@@ -112,7 +115,8 @@ class LayerAccumulator:
         self.comp = {"base": component_modules(self.base), "tuned": component_modules(self.tuned)}
         self.own = OwnChange(_own_units(self.base, self.tuned, self.comp), self.L)  # own_change.py
         self.membership = classes.membership.double()  # (V, C)
-        self.lens_rows = lens_rows or block_rows(vocab)  # rows of (rows, vocab) lens log-probs per side at once
+        self.lens_rows = lens_rows  # lens rows per block; None: settled on the first batch (_lens)
+        self._lens_index = None  # (chunk, metrics.activations.class_index), made on the first batch
         # The lens costs a head projection per layer: at most `lens_layers` evenly
         # spaced layers (first and last included), enough to see the depth at
         # which a bias appears; the residual figures cover every layer.
@@ -186,23 +190,32 @@ class LayerAccumulator:
         self.n_pos += first.shape[0]
         self.n_next += len(nxt)
         f64 = lambda x: x.to(dev, torch.float64)  # noqa: E731
-        for i in range(self.L):
-            b, t = f64(hb[f"layer.{i}"]), f64(ht[f"layer.{i}"])  # (N, d)
+        # Layers go through in groups, each side's states stacked (g, N, d): a few
+        # large products instead of a few small ones per layer; at most
+        # STACK_ELEMENTS per stacked tensor, so memory stays flat.
+        g_size = max(1, STACK_ELEMENTS // max(first.numel(), 1))
+        for lo in range(0, self.L, g_size):
+            idx = slice(lo, min(lo + g_size, self.L))
+            stack = lambda states, p, rows=None: torch.stack(  # noqa: E731
+                [states[f"{p}.{i}"].to(dev) if rows is None else states[f"{p}.{i}"].to(dev)[rows] for i in range(idx.start, idx.stop)]
+            ).double()
+            b, t = stack(hb, "layer"), stack(ht, "layer")  # (g, N, d)
             rel = A.rel_l2(b, t)
-            self.hid["rel"][i] += rel.sum()
-            self.hid["rel_sq"][i] += rel.square().sum()
-            self.hid["cos"][i] += A.cosine(b, t).sum()
+            self.hid["rel"][idx] += rel.sum(-1)
+            self.hid["rel_sq"][idx] += rel.square().sum(-1)
+            self.hid["cos"][idx] += A.cosine(b, t).sum(-1)
             if len(nxt):
-                self.cka[i].update(b[nxt], t[nxt])
+                A.CKAStats.update_stack(self.cka[idx.start:idx.stop], b[:, nxt], t[:, nxt])
+            del b, t
             for c in COMPONENTS:
-                cb, ct = f64(hb[f"{c}.{i}"]), f64(ht[f"{c}.{i}"])
                 acc = self.cmp[c]
-                acc["rel_hidden"][i] += A.rel_l2(cb, ct).sum()
+                acc["rel_hidden"][idx] += A.rel_l2(stack(hb, c), stack(ht, c)).sum(-1)
                 if len(nxt):  # logit space: next positions, as the lens
-                    delta_sq, base_sq, shift = A.logit_change(cb[nxt], ct[nxt], self.head_b, self.head_t, self.cross)
-                    acc["rel_logit"][i] += A.rel_l2_from_squares(delta_sq, base_sq).sum()
-                    acc["rms"][i] += (delta_sq / self.vocab).sqrt().sum()
-                    acc["shift"][i] += shift.sum(0)
+                    delta_sq, base_sq, shift = A.logit_change(stack(hb, c, nxt), stack(ht, c, nxt), self.head_b,
+                                                              self.head_t, self.cross)
+                    acc["rel_logit"][idx] += A.rel_l2_from_squares(delta_sq, base_sq).sum(-1)
+                    acc["rms"][idx] += (delta_sq / self.vocab).sqrt().sum(-1)
+                    acc["shift"][idx] += shift.sum(1)
         self.own.update(hb, nxt, self.head_b, f64)
         if len(nxt):
             last = f"layer.{self.L - 1}"
@@ -214,8 +227,13 @@ class LayerAccumulator:
         """Logit lens of both models on the lens layers at next positions.
 
         The (layers x next positions) rows go through in blocks of one fixed
-        shape (capture.block_rows; the last block repeats its final row, with
-        weight 0), as the output distributions do, so memory stays flat."""
+        shape (the last block repeats its final row; only the real rows count),
+        so memory stays flat: `lens_rows` rows (by default the first batch's
+        rows, at most LENS_MAX_ROWS; a head that is not a plain Linear, e.g.
+        PEFT-wrapped, computes whole (rows, vocab) logits: capture.block_rows
+        rows then) against the vocabulary in chunks of LENS_ELEMENTS / rows ids
+        (metrics.activations.lens_figures: no (rows, vocab) float64 tensor, and
+        each block reads the head's weight once)."""
         k = len(nxt)
         first_dev = hb["layer.0"].device
         member = self.membership.to(self.device)
@@ -227,18 +245,25 @@ class LayerAccumulator:
             sides.append(torch.cat([states[f"layer.{i}"][nxt.to(states[f"layer.{i}"].device)].to(to) for i in self.lens_idx]))
         layer_of = torch.tensor(self.lens_idx, device=self.device).repeat_interleave(k)  # (rows,)
         total = len(layer_of)
-        for start in range(0, total, self.lens_rows):
-            n = min(self.lens_rows, total - start)
-            index = padded_index(start, n, self.lens_rows)
-            weight = (torch.arange(self.lens_rows) < n).to(self.device, torch.float64)[:, None]
-            logp, logq = (A.lens_logprobs(h[index.to(h.device)], arch.final_norm, arch.lm_head, arch.softcap,
-                                          self.vocab).to(self.device)
-                          for h, arch in zip(sides, (self.base, self.tuned)))
-            rows = layer_of[index.to(self.device)]
-            p = logp.exp()
-            self.lens["kl"].index_add_(0, rows, D.kl_finite(logp, logq, p) * weight[:, 0])
-            self.lens["base"].index_add_(0, rows, (p @ member) * weight)
-            self.lens["tuned"].index_add_(0, rows, D.class_masses(logq, member) * weight)
+        heads = (self.base.lm_head, self.tuned.lm_head)
+        if self.lens_rows is None:  # settled once, on the first batch: one block shape for the run
+            linear = all(type(h) is nn.Linear for h in heads)
+            self.lens_rows = min(LENS_MAX_ROWS, -(-total // 8) * 8) if linear else block_rows(self.vocab)
+        size = self.lens_rows
+        chunk = min(self.vocab, max(256, LENS_ELEMENTS // size // 256 * 256))
+        if self._lens_index is None or self._lens_index[0] != chunk:  # which ids of each chunk are in a class
+            self._lens_index = (chunk, A.class_index(member, self.vocab, chunk))
+        logits = tuple(A.head_logits(h, self.vocab, chunk) for h in heads)
+        caps = (self.base.softcap, self.tuned.softcap)
+        for start in range(0, total, size):
+            n = min(size, total - start)
+            index = padded_index(start, n, size)
+            xs = tuple(arch.final_norm(h[index.to(h.device)]) for h, arch in zip(sides, (self.base, self.tuned)))
+            kl, mass_p, mass_q = A.lens_figures(xs, logits, caps, self.vocab, member, chunk, self._lens_index[1])
+            rows = layer_of[start:start + n]
+            self.lens["kl"].index_add_(0, rows, kl[:n])
+            self.lens["base"].index_add_(0, rows, mass_p[:n])
+            self.lens["tuned"].index_add_(0, rows, mass_q[:n])
 
     # -- reporting ---------------------------------------------------------
 

@@ -161,9 +161,13 @@ class OwnChange:
             self.out[name] = _run(tuned, post, args, kwargs, rows, cols)
         self.pending.clear()
 
-    def update(self, base: dict[str, torch.Tensor], nxt: torch.Tensor, head_b: A.HeadStats, f64) -> None:
+    def update(self, base: dict[str, torch.Tensor], nxt: torch.Tensor, head_b: A.HeadStats, f64,
+               stack_elements: int = 1 << 22) -> None:
         """Accumulate one batch: `base` holds the base component outputs (capture's
-        "<c>.<i>") at the scored positions."""
+        "<c>.<i>") at the scored positions. The measured components go through
+        stacked, (m, N, d) per side with m x N x d <= stack_elements: a few large
+        products instead of a few small ones per component."""
+        got = []  # (component, layer, tuned output)
         for c, us in self.units.items():
             for i in range(len(us)):
                 t = self.out.pop(f"{c}.{i}", None)
@@ -171,12 +175,29 @@ class OwnChange:
                     if self.changed[c][i]:
                         self.missed.add((c, i))
                     continue
-                b, t = f64(base[f"{c}.{i}"]), f64(t)
-                self.sums[c]["rel"][i] += A.rel_l2(b, t).sum()
-                if len(nxt):
-                    delta_sq, _, _ = A.logit_change(b[nxt], t[nxt], head_b, head_b, None)
-                    self.sums[c]["rms"][i] += (delta_sq / head_b.vocab).sqrt().sum()
+                got.append((c, i, t))
         self.out.clear()
+        if not got:
+            return
+        size = max(1, stack_elements // max(got[0][2].numel(), 1))
+        for lo in range(0, len(got), size):
+            part = got[lo:lo + size]
+            b = torch.stack([f64(base[f"{c}.{i}"]) for c, i, _ in part])  # (m, N, d)
+            t = torch.stack([f64(t) for _, _, t in part])
+            rel = A.rel_l2(b, t).sum(-1)  # (m,)
+            rms = None
+            if len(nxt):
+                delta_sq, _, _ = A.logit_change(b[:, nxt], t[:, nxt], head_b, head_b, None)
+                rms = (delta_sq / head_b.vocab).sqrt().sum(-1)
+            for c in self.units:
+                sel = [j for j, (cc, _, _) in enumerate(part) if cc == c]
+                if not sel:
+                    continue
+                where = torch.tensor([part[j][1] for j in sel], device=rel.device)
+                pick = torch.tensor(sel, device=rel.device)
+                self.sums[c]["rel"].index_add_(0, where, rel[pick])
+                if rms is not None:
+                    self.sums[c]["rms"].index_add_(0, where, rms[pick])
 
     def update_final(self, resid_b, resid_t, final_b, final_t, head_b, head_t, cross, head_changed: bool) -> None:
         """At next positions: the final residual's direct logit change (base head),

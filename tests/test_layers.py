@@ -395,3 +395,198 @@ def test_lens_runs_on_a_subset_of_layers_and_says_so(models):
     lens = t["lens_kl"].to_numpy()
     assert np.isfinite(lens[[0, L - 1]]).all() and np.isnan(lens[1:L - 1]).all()
     assert np.isfinite(t["rel_l2"].to_numpy()).all()
+
+
+# -- the computation before issue 15 ("fast at real vocabularies"), kept as the reference ---------------------
+# The layer figures are computed faster now (lens over vocabulary chunks, all layers in one product, ...);
+# the figures must not move. OldAccumulator runs the code as it stood, on the same models and batches.
+
+
+class OldAccumulator(LayerAccumulator):
+    @torch.inference_mode()
+    def update(self, batch, base_state, tuned_state):
+        hb, ht = base_state.modules, tuned_state.modules
+        first = hb["layer.0"]
+        if self.device is None:
+            self.device = first.device
+            self._zero()
+        dev = self.device
+        if first.shape[0] == 0:
+            return
+        nxt = (batch.kind.cpu() == NEXT).nonzero().flatten().to(dev)
+        self.n_pos += first.shape[0]
+        self.n_next += len(nxt)
+        f64 = lambda x: x.to(dev, torch.float64)  # noqa: E731
+        for i in range(self.L):
+            b, t = f64(hb[f"layer.{i}"]), f64(ht[f"layer.{i}"])
+            rel = A.rel_l2(b, t)
+            self.hid["rel"][i] += rel.sum()
+            self.hid["rel_sq"][i] += rel.square().sum()
+            self.hid["cos"][i] += A.cosine(b, t).sum()
+            if len(nxt):
+                self.cka[i].update(b[nxt], t[nxt])
+            for c in ("attn", "mlp"):
+                cb, ct = f64(hb[f"{c}.{i}"]), f64(ht[f"{c}.{i}"])
+                acc = self.cmp[c]
+                acc["rel_hidden"][i] += A.rel_l2(cb, ct).sum()
+                if len(nxt):
+                    delta_sq, base_sq, shift = _old_logit_change(cb[nxt], ct[nxt], self.head_b, self.head_t, self.cross)
+                    acc["rel_logit"][i] += A.rel_l2_from_squares(delta_sq, base_sq).sum()
+                    acc["rms"][i] += (delta_sq / self.vocab).sqrt().sum()
+                    acc["shift"][i] += shift.sum(0)
+        _old_own_update(self.own, hb, nxt, self.head_b, f64)
+        if len(nxt):
+            last = f"layer.{self.L - 1}"
+            _old_own_final(self.own, f64(hb[last][nxt]), f64(ht[last][nxt]), f64(base_state.final[nxt]),
+                           f64(tuned_state.final[nxt]), self.head_b, self.head_t, self.cross, self.cross is not None)
+            self._old_lens(hb, ht, nxt)
+
+    def _old_lens(self, hb, ht, nxt, rows_per_block=8):
+        k = len(nxt)
+        member = self.membership.to(self.device)
+        sides = [torch.cat([states[f"layer.{i}"][nxt] for i in self.lens_idx]) for states in (hb, ht)]
+        layer_of = torch.tensor(self.lens_idx, device=self.device).repeat_interleave(k)
+        total = len(layer_of)
+        for start in range(0, total, rows_per_block):
+            n = min(rows_per_block, total - start)
+            index = torch.arange(start, start + rows_per_block).clamp_max(start + n - 1)
+            weight = (torch.arange(rows_per_block) < n).to(self.device, torch.float64)[:, None]
+            logp, logq = (A.lens_logprobs(h[index], arch.final_norm, arch.lm_head, arch.softcap, self.vocab)
+                          for h, arch in zip(sides, (self.base, self.tuned)))
+            rows = layer_of[index]
+            p = logp.exp()
+            self.lens["kl"].index_add_(0, rows, D.kl_finite(logp, logq, p) * weight[:, 0])
+            self.lens["base"].index_add_(0, rows, (p @ member) * weight)
+            self.lens["tuned"].index_add_(0, rows, D.class_masses(logq, member) * weight)
+
+
+def _old_quad(c, gram, other=None):
+    return ((c @ gram) * (c if other is None else other)).sum(-1)
+
+
+def _old_logit_change(c_base, c_tuned, base, tuned, cross):
+    cb, ct = c_base.double(), c_tuned.double()
+    base_sq = _old_quad(cb, base.gram)
+    if cross is None:
+        delta_sq = _old_quad(ct - cb, base.gram)
+    else:
+        delta_sq = _old_quad(ct, tuned.gram) - 2 * _old_quad(cb, cross.T, ct) + base_sq
+    shift = ct @ tuned.class_rows.T - cb @ base.class_rows.T
+    return delta_sq.clamp_min(0.0), base_sq.clamp_min(0.0), shift
+
+
+def _old_own_update(own, base, nxt, head_b, f64):
+    for c, us in own.units.items():
+        for i in range(len(us)):
+            t = own.out.pop(f"{c}.{i}", None)
+            if t is None:
+                if own.changed[c][i]:
+                    own.missed.add((c, i))
+                continue
+            b, t = f64(base[f"{c}.{i}"]), f64(t)
+            own.sums[c]["rel"][i] += A.rel_l2(b, t).sum()
+            if len(nxt):
+                delta_sq, _, _ = _old_logit_change(b[nxt], t[nxt], head_b, head_b, None)
+                own.sums[c]["rms"][i] += (delta_sq / head_b.vocab).sqrt().sum()
+    own.out.clear()
+
+
+def _old_own_final(own, resid_b, resid_t, final_b, final_t, head_b, head_t, cross, head_changed):
+    v = head_b.vocab
+    own.resid_rms += (_old_quad(resid_t - resid_b, head_b.gram) / v).clamp_min(0).sqrt().sum()
+    delta_sq, _, _ = _old_logit_change(final_b, final_t, head_b, head_t, cross)
+    own.head["final_rms"] += float((delta_sq / v).sqrt().sum())
+    if head_changed:
+        own_sq, base_sq, _ = _old_logit_change(final_b, final_b, head_b, head_t, cross)
+        own.head["rel"] += float(A.rel_l2_from_squares(own_sq, base_sq).sum())
+        own.head["rms"] += float((own_sq / v).sqrt().sum())
+
+
+def _assert_tables_equal(new, old, rel=1e-9):
+    for name in ("layers", "components"):
+        a, b = new.tables()[name], old.tables()[name]
+        assert a.columns == b.columns and a.height == b.height
+        for col in a.columns:
+            if a[col].dtype.is_numeric():
+                x, y = a[col].to_numpy().astype(float), b[col].to_numpy().astype(float)
+                assert np.array_equal(np.isnan(x), np.isnan(y)), (name, col)
+                ok = ~np.isnan(x)
+                assert x[ok] == pytest.approx(y[ok], rel=rel, abs=1e-15), (name, col)
+            else:
+                assert a[col].to_list() == b[col].to_list(), (name, col)
+    hn, ho = new.headline(), old.headline()
+    assert hn.keys() == ho.keys()
+    for key in hn:
+        if isinstance(hn[key], float):
+            assert hn[key] == pytest.approx(ho[key], rel=rel, abs=1e-15), key
+        else:
+            assert hn[key] == ho[key], key
+
+
+def _run_pair(base, tuned, data, **kw):
+    """The new and the reference accumulators on the same passes (own-change hooks on both)."""
+    new = LayerAccumulator("t", base, tuned, CLASSES, V, **kw)
+    old = OldAccumulator("t", base, tuned, CLASSES, V, **kw)
+    with capture(base, new.modules("base")) as sb, capture(tuned, new.modules("tuned")) as st:
+        for batch in data:
+            outs = {}
+            for acc in (new, old):
+                with acc.own_hooks(sb):
+                    score(base, sb, batch, V)
+                score(tuned, st, batch, V)
+                acc.own_pending()
+                outs[id(acc)] = (sb, st)
+                acc.update(batch, sb, st)
+    return new, old
+
+
+@pytest.mark.parametrize("family", list(BUILD))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_layer_figures_equal_the_computation_before_issue_15(models, family, dtype):
+    """Every layer and component figure and the headline, against the code as it
+    stood: to 1e-9 relative in float64 (float32: the same float32 logits, so close too)."""
+    base = copy.deepcopy(models[family]).to(dtype)
+    tuned = perturb(base, scale=0.3)
+    new, old = _run_pair(base, tuned, batches(3, size=5), lens_layers=3)
+    _assert_tables_equal(new, old, rel=1e-9 if dtype == torch.float64 else 1e-6)
+
+
+def test_layer_figures_equal_before_with_the_same_head_and_a_lora_head(models):
+    from peft import LoraConfig, get_peft_model
+
+    base = copy.deepcopy(models["llama"]).double()
+    tuned = copy.deepcopy(base)
+    with torch.no_grad():  # only layer 1's MLP moves: the heads are equal (no cross gram)
+        tuned.model.layers[1].mlp.down_proj.weight.mul_(1.2)
+    new, old = _run_pair(base, tuned, batches(2))
+    assert new.cross is None
+    _assert_tables_equal(new, old)
+    torch.manual_seed(4)
+    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False)
+    lora = get_peft_model(copy.deepcopy(base), cfg).eval()
+    new, old = _run_pair(base, lora, batches(2))
+    _assert_tables_equal(new, old)
+
+
+def test_lens_figures_equal_the_log_softmax_path_across_rescales():
+    """The chunked lens (a running reference max, rescaled when a later chunk's
+    logits pass it by more than 64) against log_softmax over whole rows."""
+    g = torch.Generator().manual_seed(3)
+    r, d = 6, 8
+    wp = torch.randn(V, d, generator=g, dtype=torch.float64)
+    wq = wp + 0.05 * torch.randn(V, d, generator=g, dtype=torch.float64)
+    x = torch.randn(r, d, generator=g, dtype=torch.float64)
+    bump = torch.zeros(V, dtype=torch.float64)
+    bump[40:] = 90.0  # the last chunks' logits far above the first's: rescaling
+    bump[50:] = 300.0
+    member = CLASSES.membership.double()
+    for cap in (None, 400.0):
+        heads = [lambda h, a, b, w=w: (h @ w[a:b].T + bump[a:b]).float() for w in (wp, wq)]
+        for chunk in (7, 16, V):
+            kl, mp, mq = A.lens_figures((x, x), heads, (cap, cap), V, member, chunk)
+            logp, logq = (torch.log_softmax(A._capped(f(x, 0, V).float(), cap).double(), -1) for f in heads)
+            assert kl.tolist() == pytest.approx(D.kl_finite(logp, logq).tolist(), rel=1e-9)
+            assert mp.flatten().tolist() == pytest.approx(D.class_masses(logp, member).flatten().tolist(), rel=1e-9, abs=1e-300)
+            assert mq.flatten().tolist() == pytest.approx(D.class_masses(logq, member).flatten().tolist(), rel=1e-9, abs=1e-300)
+        same, _, _ = A.lens_figures((x, x), [heads[0], heads[0]], (cap, cap), V, member, 7)
+        assert same.tolist() == [0.0] * r

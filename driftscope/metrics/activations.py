@@ -108,6 +108,35 @@ class CKAStats:
         self.yy += y.T @ y
         self.yx += y.T @ x
 
+    @staticmethod
+    def update_stack(stats: list[CKAStats], x: torch.Tensor, y: torch.Tensor) -> None:
+        """update() of several stats at once, stats[j] with rows x[j], y[j]:
+        x, y (g, n, d), one batched product per sum instead of g small ones."""
+        if len(stats) != x.shape[0] or x.shape != y.shape:
+            raise ValueError(f"{len(stats)} stats against rows {tuple(x.shape)} and {tuple(y.shape)}")
+        if not stats:
+            return
+        s0 = stats[0]
+        if any(s.d != s0.d or s.proj is not s0.proj and not torch.equal(s.proj, s0.proj) for s in stats[1:]) \
+                or x.shape[-1] != s0.d:
+            raise ValueError("update_stack needs stats of one shape and projection, rows of their width")
+        x = x.to(s0.device, torch.float64)
+        y = y.to(s0.device, torch.float64)
+        sx, sy = x.sum(1), y.sum(1)
+        dots = torch.stack([(x * x).sum((1, 2)), (y * y).sum((1, 2)), (y * x).sum((1, 2))], 1)
+        if s0.proj is not None:
+            x, y = x @ s0.proj, y @ s0.proj
+        xt, yt = x.transpose(1, 2), y.transpose(1, 2)
+        xx, yy, yx = xt @ x, yt @ y, yt @ x
+        for j, s in enumerate(stats):
+            s.n += x.shape[1]
+            s.sx += sx[j]
+            s.sy += sy[j]
+            s.dots += dots[j]
+            s.xx += xx[j]
+            s.yy += yy[j]
+            s.yx += yx[j]
+
     def merge(self, other: CKAStats) -> CKAStats:
         self.n += other.n
         for name in ("xx", "yy", "yx", "sx", "sy", "dots"):
@@ -155,6 +184,98 @@ def lens_logprobs(hidden: torch.Tensor, norm: Callable, head: Callable, softcap:
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return torch.log_softmax(logits[:, :vocab].double(), dim=-1)
+
+
+def head_logits(head: Callable, vocab: int, chunk: int) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
+    """A function (x, a, b) -> the head's logits for ids [a, b) on rows x, in the
+    head's own dtype. A plain Linear head multiplies by rows a..b of its weight
+    only (each logit is the same dot product the whole head computes); any other
+    head (a PEFT-wrapped one) runs whole on x once per x, then is sliced."""
+    if type(head) is torch.nn.Linear:
+        w, bias = head.weight, head.bias
+        return lambda x, a, b: torch.nn.functional.linear(x, w[a:b], None if bias is None else bias[a:b])
+    last: list = [None, None]
+
+    def sliced(x, a, b):
+        if last[0] is not x:
+            last[0], last[1] = x, head(x)
+        return last[1][:, a:b]
+
+    return sliced
+
+
+def lens_figures(xs: tuple[torch.Tensor, torch.Tensor], logits: tuple[Callable, Callable],
+                 softcaps: tuple[float | None, float | None], vocab: int, member: torch.Tensor,
+                 chunk: int, index: list | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logit lens's figures of two models on aligned rows, without (R, vocab) log-probs.
+
+    xs: each model's final-normed states (R, d); logits: head_logits() of each;
+    member (vocab, C); `index` is class_index(member, vocab, chunk), made
+    here when not given. Returns KL(p||q) (R,) and each side's class
+    masses (R, C), float64, equal to lens_logprobs() followed by
+    divergence.kl_finite and class_masses up to float64 rounding (tested).
+
+    The vocabulary goes through in chunks of `chunk` ids; per row and side a
+    reference m (the first chunk's max, raised only where a later chunk's max
+    passes it by more than 64 nats, the sums then rescaled) gives
+    e = exp(z - m) in float64, z the head's logits after any softcap in float32,
+    exactly as lens_logprobs. With S = sum e, dd = (z_p - m_p) - (z_q - m_q) and
+    T = sum e_p dd:  log p - log q = dd - log(S_p / S_q), so
+    KL = T / S_p - log(S_p / S_q), and a class's mass is its sum of e over S.
+    """
+    r = xs[0].shape[0]
+    dev = member.device
+    chunk = min(chunk, vocab)
+    index = class_index(member, vocab, chunk) if index is None else index
+    n_cls = member.shape[1]
+    sums = torch.zeros(2, r, n_cls + 1, dtype=torch.float64, device=dev)  # each class's sum of e, then S
+    t = torch.zeros(r, dtype=torch.float64, device=dev)
+    m = None
+    # one buffer each for the whole vocabulary: the logits, e, dd
+    z = torch.empty(2, r, chunk, dtype=torch.float32, device=dev)
+    e = torch.empty(2, r, chunk, dtype=torch.float64, device=dev)
+    dd = torch.empty(r, chunk, dtype=torch.float64, device=dev)
+    for a, b in _chunks(vocab, chunk):
+        n = b - a
+        zz, ee, de = (z, e, dd) if n == chunk else (z[..., :n], e[..., :n], dd[:, :n])
+        for i, (f, x, cap) in enumerate(zip(logits, xs, softcaps)):
+            zz[i].copy_(_capped(f(x, a, b).float().to(dev), cap))
+        top = zz.amax(-1).double()  # (2, R)
+        if m is None:
+            m = top
+        elif bool((top > m + 64).any()):  # exp(z - m) could overflow: raise m there, rescale the sums
+            new = torch.maximum(m, top)
+            f = (m - new).exp()
+            t = f[0] * (t + sums[0, :, -1] * ((m[0] - m[1]) - (new[0] - new[1])))
+            sums, m = sums * f[..., None], new
+        ee.copy_(zz).sub_(m[..., None])  # float64: exact
+        torch.sub(ee[0], ee[1], out=de)
+        ee.exp_()
+        sums[..., -1] += ee.sum(-1)
+        # the classes' sums over their ids only (classes are sparse in a vocabulary)
+        ids, sub = index[a // chunk]
+        if len(ids):
+            sums[..., :-1] += ee.index_select(-1, ids) @ sub
+        t += torch.bmm(ee[0].unsqueeze(1), de.unsqueeze(2)).view(-1)
+    s = sums[..., -1]
+    kl = (t / s[0] - (s[0] / s[1]).log()).clamp_min(0.0)
+    masses = sums[..., :-1] / s[..., None]
+    return kl, masses[0], masses[1]
+
+
+def class_index(member: torch.Tensor, vocab: int, chunk: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per vocabulary chunk of lens_figures: the ids (relative to the chunk) in
+    any class, and their (ids, C) float64 membership rows."""
+    out = []
+    for a, b in _chunks(vocab, min(chunk, vocab)):
+        rows = member[a:b].to(torch.bool)
+        ids = rows.any(1).nonzero().flatten()
+        out.append((ids, rows[ids].to(torch.float64)))
+    return out
+
+
+def _capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
 @dataclass(frozen=True)
