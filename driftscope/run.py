@@ -208,8 +208,9 @@ class _Run:
     def __post_init__(self):
         self.clock = {"start": self.start}
 
-    def mark(self, phase: str) -> None:
-        self.clock[phase] = time.perf_counter()
+    def mark(self, phase: str, ran: bool = True) -> None:
+        """The end of a phase; one that did not run (ran=False) took no time."""
+        self.clock[phase] = time.perf_counter() if ran else self.clock[list(self.clock)[-1]]
         release_free_memory()
         self.memory.mark(phase)
 
@@ -253,7 +254,7 @@ class _Run:
                                        inputs.chat, inputs.max_length, s.batch_size, inputs.vocab, tick,
                                        only=answer_shard(group, inputs))
             answers = gather_answers(group, answers)
-        self.mark("accuracy")
+        self.mark("accuracy", ran=answering)
         return scorers, answers, self.facts(base_ck, inputs, "paired", notes, rss_mb=resident)
 
     def _paired_scorers(self, base_ck: Checkpoint, tuned_cks: list[Checkpoint], inputs: Inputs, layers: bool):
