@@ -49,7 +49,6 @@ from torch import nn
 from driftscope.architectures import Architecture, ArchitectureError, discover
 from driftscope.capture import NEXT, Batch, CaptureState, block_rows, padded_index
 from driftscope.metrics import activations as A
-from driftscope.metrics import divergence as D
 from driftscope.own_change import OwnChange, own_where
 from driftscope.placement import OFFLOAD_HINT, offloaded
 from driftscope.tokenclasses import ClassTable
@@ -154,6 +153,32 @@ class LayerAccumulator:
         self.cmp = {c: {"rel_hidden": z(L), "rel_logit": z(L), "rms": z(L), "shift": z(L, C)} for c in COMPONENTS}
         self.cka = [A.CKAStats(self.d, self.proj, self.device or "cpu") for _ in range(self.L)]
         self.own.zero(self.device or "cpu")
+
+    def state(self) -> dict:
+        """What the updates summed, on the CPU (no model, no head): merge_states takes it."""
+        cpu = lambda t: t.detach().cpu()  # noqa: E731
+        return {"n_pos": self.n_pos, "n_next": self.n_next,
+                "hid": {k: cpu(v) for k, v in self.hid.items()}, "lens": {k: cpu(v) for k, v in self.lens.items()},
+                "cmp": {c: {k: cpu(v) for k, v in d.items()} for c, d in self.cmp.items()},
+                "cka": [{"n": c.n, **{k: cpu(getattr(c, k)) for k in A.CKAStats.SUMS}} for c in self.cka],
+                "own": self.own.state()}
+
+    def merge_states(self, states: list[dict]) -> None:
+        """The sums over every shard's state (this one's among them, in rank order)."""
+        self._zero()
+        dev = self.device or "cpu"
+        for st in states:
+            self.n_pos += st["n_pos"]
+            self.n_next += st["n_next"]
+            for mine, theirs in ((self.hid, st["hid"]), (self.lens, st["lens"]),
+                                 *((self.cmp[c], st["cmp"][c]) for c in self.cmp)):
+                for k in mine:
+                    mine[k] += theirs[k].to(dev)
+            for c, theirs in zip(self.cka, st["cka"]):
+                c.n += theirs["n"]
+                for k in A.CKAStats.SUMS:
+                    getattr(c, k).add_(theirs[k].to(c.device))
+            self.own.merge_state(st["own"])
 
     # -- hooks -------------------------------------------------------------
 

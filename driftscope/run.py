@@ -261,9 +261,6 @@ class _Run:
         s, notes = self.s, [c.warning for c in (base_ck, *tuned_cks) if c.warning]
         head_cache: dict = {}  # the base head's (d, d) grams, computed once for all checkpoints
         scorers = []
-        if layers and self.group.world > 1:
-            layers = False
-            notes.append(f"no layer figures: not merged across the {self.group.world} processes of a torchrun run yet")
         for ck in tuned_cks:
             la, note = (try_layer_accumulator(ck.label, base_ck.model, ck.model, inputs.table, inputs.vocab, seed=s.seed,
                                               head_cache=head_cache) if layers else (None, None))

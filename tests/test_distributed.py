@@ -21,7 +21,7 @@ def run(args, tmp_path, procs: int, env=None, name="run"):
 @pytest.fixture(scope="module")
 def both(family, tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
-    args = [family["base"], family["tuned"], family["lora"], "--probes", "general", "--no-layers"]
+    args = [family["base"], family["tuned"], family["lora"], "--probes", "general"]
     single, double = run(args, root, 1, name="one"), run(args, root, 2, name="two")
     assert single.returncode == 0, single.stderr
     assert double.returncode == 0, double.stderr
@@ -41,7 +41,7 @@ def test_every_table_row_once(both):
     from polars.testing import assert_frame_equal
 
     root, _, _ = both
-    for table in ("positions", "items", "classes", "tokens"):
+    for table in ("positions", "items", "classes", "tokens", "layers", "components"):
         one = pl.read_parquet(root / "one" / "tables" / f"{table}.parquet")
         two = pl.read_parquet(root / "two" / "tables" / f"{table}.parquet")
         exact = table in ("positions", "items")

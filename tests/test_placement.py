@@ -2,7 +2,6 @@
 has no GPU) gives the same figures as the resident model; what cannot work
 is refused in one line."""
 
-import json
 
 import pytest
 from typer.testing import CliRunner

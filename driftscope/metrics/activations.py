@@ -137,9 +137,11 @@ class CKAStats:
             s.yy += yy[j]
             s.yx += yx[j]
 
+    SUMS = ("xx", "yy", "yx", "sx", "sy", "dots")
+
     def merge(self, other: CKAStats) -> CKAStats:
         self.n += other.n
-        for name in ("xx", "yy", "yx", "sx", "sy", "dots"):
+        for name in self.SUMS:
             getattr(self, name).add_(getattr(other, name).to(self.device))
         return self
 
