@@ -49,7 +49,7 @@ from torch import nn
 from driftscope.architectures import Architecture, ArchitectureError, discover
 from driftscope.capture import NEXT, Batch, CaptureState, block_rows, padded_index
 from driftscope.metrics import activations as A
-from driftscope.own_change import OwnChange, own_where
+from driftscope.own_change import OwnChange, own_where, same_weights
 from driftscope.placement import OFFLOAD_HINT, offloaded
 from driftscope.tokenclasses import ClassTable
 
@@ -114,8 +114,9 @@ class LayerAccumulator:
         self.comp = {"base": component_modules(self.base), "tuned": component_modules(self.tuned)}
         self.own = OwnChange(_own_units(self.base, self.tuned, self.comp), self.L)  # own_change.py
         self.membership = classes.membership.double()  # (V, C)
-        self.lens_rows = lens_rows  # lens rows per block; None: settled on the first batch (_lens)
-        self._lens_index = None  # (chunk, metrics.activations.class_index), made on the first batch
+        # lens rows per block, two-sided (False) and one-sided (True); None: settled on the first batch (_lens)
+        self.lens_rows = {False: lens_rows, True: lens_rows}
+        self._lens_index: dict = {}  # chunk -> metrics.activations.class_index
         # The lens costs a head projection per layer: at most `lens_layers` evenly
         # spaced layers (first and last included), enough to see the depth at
         # which a bias appears; the residual figures cover every layer.
@@ -131,6 +132,10 @@ class LayerAccumulator:
         same = wb is wt or torch.equal(wb, wt.to(wb.device))
         self.head_t = self.head_b if same else self._stats(cache, self.tuned.lm_head, wt, classes)
         self.cross = None if same else A.cross_gram(wt, self.head_t.mu, wb, self.head_b.mu)
+        # The same final norm, head and softcap on both sides: equal states read out equal lens log-probs.
+        self._same_readout = (_same_module(self.base.final_norm, self.tuned.final_norm)
+                              and _same_module(self.base.lm_head, self.tuned.lm_head)
+                              and self.base.softcap == self.tuned.softcap)
         self.cka_dims = self.d if self.d <= cka_exact_max else cka_dims
         self.proj = None if self.d <= cka_exact_max else A.random_projection(self.d, cka_dims, seed)  # (d, k)
         self.device: torch.device | None = None  # set on the first update, where the states live
@@ -268,27 +273,39 @@ class LayerAccumulator:
             to = at.device if at is not None else first_dev
             # (layers * k, d), layer-major: small, the (rows, vocab) work is per block below
             sides.append(torch.cat([states[f"layer.{i}"][nxt.to(states[f"layer.{i}"].device)].to(to) for i in self.lens_idx]))
-        layer_of = torch.tensor(self.lens_idx, device=self.device).repeat_interleave(k)  # (rows,)
-        total = len(layer_of)
+        # A lens layer whose states are the same in both models (below the first changed
+        # module), read out by the same final norm and head: one side's rows only.
+        same = [self._same_readout and torch.equal(sides[0][j * k:(j + 1) * k], sides[1][j * k:(j + 1) * k].to(sides[0].device))
+                for j in range(len(self.lens_idx))]
         heads = (self.base.lm_head, self.tuned.lm_head)
-        if self.lens_rows is None:  # settled once, on the first batch: one block shape for the run
-            linear = all(type(h) is nn.Linear for h in heads)
-            self.lens_rows = min(LENS_MAX_ROWS, -(-total // 8) * 8) if linear else block_rows(self.vocab)
-        size = self.lens_rows
-        chunk = min(self.vocab, max(256, LENS_ELEMENTS // size // 256 * 256))
-        if self._lens_index is None or self._lens_index[0] != chunk:  # which ids of each chunk are in a class
-            self._lens_index = (chunk, A.class_index(member, self.vocab, chunk))
-        logits = tuple(A.head_logits(h, self.vocab, chunk) for h in heads)
         caps = (self.base.softcap, self.tuned.softcap)
-        for start in range(0, total, size):
-            n = min(size, total - start)
-            index = padded_index(start, n, size)
-            xs = tuple(arch.final_norm(h[index.to(h.device)]) for h, arch in zip(sides, (self.base, self.tuned)))
-            kl, mass_p, mass_q = A.lens_figures(xs, logits, caps, self.vocab, member, chunk, self._lens_index[1])
-            rows = layer_of[start:start + n]
-            self.lens["kl"].index_add_(0, rows, kl[:n])
-            self.lens["base"].index_add_(0, rows, mass_p[:n])
-            self.lens["tuned"].index_add_(0, rows, mass_q[:n])
+        arches = (self.base, self.tuned)
+        for one in (False, True):
+            layers = [j for j, s in enumerate(same) if s == one]
+            if not layers:
+                continue
+            rows_of = torch.cat([torch.arange(j * k, (j + 1) * k) for j in layers])
+            layer_of = torch.tensor([self.lens_idx[j] for j in layers], device=self.device).repeat_interleave(k)
+            n_sides = 1 if one else 2
+            total = len(layer_of)
+            if self.lens_rows.get(one) is None:  # settled once, on the first batch: one block shape for the run
+                linear = all(type(h) is nn.Linear for h in heads[:n_sides])
+                self.lens_rows[one] = min(LENS_MAX_ROWS, -(-total // 8) * 8) if linear else block_rows(self.vocab)
+            size = self.lens_rows[one]
+            chunk = min(self.vocab, max(256, LENS_ELEMENTS // size // 256 * 256))
+            if chunk not in self._lens_index:  # which ids of each chunk are in a class
+                self._lens_index[chunk] = A.class_index(member, self.vocab, chunk)
+            logits = tuple(A.head_logits(h, self.vocab, chunk) for h in heads[:n_sides])
+            for start in range(0, total, size):
+                n = min(size, total - start)
+                index = rows_of[padded_index(start, n, size)]
+                xs = tuple(arch.final_norm(h[index.to(h.device)]) for h, arch in zip(sides[:n_sides], arches))
+                kl, mass_p, mass_q = A.lens_figures(xs, logits, caps[:n_sides], self.vocab, member, chunk,
+                                                    self._lens_index[chunk])
+                rows = layer_of[start:start + n]
+                self.lens["kl"].index_add_(0, rows, kl[:n])
+                self.lens["base"].index_add_(0, rows, mass_p[:n])
+                self.lens["tuned"].index_add_(0, rows, mass_q[:n])
 
     # -- reporting ---------------------------------------------------------
 
@@ -352,6 +369,18 @@ class LayerAccumulator:
         """Own change of components the tuned model shares with the base (an
         adapter's): call right after the tuned pass, with the checkpoint active."""
         self.own.run_pending()
+
+
+def _same_module(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two modules compute the same outputs bit for bit: one module, or two of
+    one plain type (no submodules, e.g. a norm or a Linear) with equal parameters,
+    buffers and settings."""
+    if a is b:
+        return True
+    if type(a) is not type(b) or any(True for _ in a.children()) or any(True for _ in b.children()):
+        return False
+    plain = lambda m: {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training"}  # noqa: E731
+    return plain(a) == plain(b) and same_weights(a, b)
 
 
 def _own_units(base: Architecture, tuned: Architecture, comp: dict) -> dict[str, list[tuple]]:

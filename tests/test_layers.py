@@ -560,7 +560,9 @@ def test_layer_figures_equal_before_with_the_same_head_and_a_lora_head(models):
         tuned.model.layers[1].mlp.down_proj.weight.mul_(1.2)
     new, old = _run_pair(base, tuned, batches(2))
     assert new.cross is None
+    assert new.lens_rows[True] is not None and new.lens_rows[False] is not None  # layer 0 read out one-sided
     _assert_tables_equal(new, old)
+    assert new.tables()["layers"]["lens_kl"][0] == 0.0
     torch.manual_seed(4)
     cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False)
     lora = get_peft_model(copy.deepcopy(base), cfg).eval()

@@ -210,6 +210,9 @@ def lens_figures(xs: tuple[torch.Tensor, torch.Tensor], logits: tuple[Callable, 
                  softcaps: tuple[float | None, float | None], vocab: int, member: torch.Tensor,
                  chunk: int, index: list | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The logit lens's figures of two models on aligned rows, without (R, vocab) log-probs.
+    With one side only (rows whose states, final norm and head are the same in both
+    models: the old computation gave both sides the same log-probs bit for bit),
+    KL is 0 and the tuned side's masses are the base's.
 
     xs: each model's final-normed states (R, d); logits: head_logits() of each;
     member (vocab, C); `index` is class_index(member, vocab, chunk), made
@@ -230,13 +233,14 @@ def lens_figures(xs: tuple[torch.Tensor, torch.Tensor], logits: tuple[Callable, 
     chunk = min(chunk, vocab)
     index = class_index(member, vocab, chunk) if index is None else index
     n_cls = member.shape[1]
-    sums = torch.zeros(2, r, n_cls + 1, dtype=torch.float64, device=dev)  # each class's sum of e, then S
+    two = len(xs) == 2
+    sums = torch.zeros(len(xs), r, n_cls + 1, dtype=torch.float64, device=dev)  # each class's sum of e, then S
     t = torch.zeros(r, dtype=torch.float64, device=dev)
     m = None
     # one buffer each for the whole vocabulary: the logits, e, dd
-    z = torch.empty(2, r, chunk, dtype=torch.float32, device=dev)
-    e = torch.empty(2, r, chunk, dtype=torch.float64, device=dev)
-    dd = torch.empty(r, chunk, dtype=torch.float64, device=dev)
+    z = torch.empty(len(xs), r, chunk, dtype=torch.float32, device=dev)
+    e = torch.empty(len(xs), r, chunk, dtype=torch.float64, device=dev)
+    dd = torch.empty(r if two else 0, chunk, dtype=torch.float64, device=dev)
     for a, b in _chunks(vocab, chunk):
         n = b - a
         zz, ee, de = (z, e, dd) if n == chunk else (z[..., :n], e[..., :n], dd[:, :n])
@@ -248,20 +252,25 @@ def lens_figures(xs: tuple[torch.Tensor, torch.Tensor], logits: tuple[Callable, 
         elif bool((top > m + 64).any()):  # exp(z - m) could overflow: raise m there, rescale the sums
             new = torch.maximum(m, top)
             f = (m - new).exp()
-            t = f[0] * (t + sums[0, :, -1] * ((m[0] - m[1]) - (new[0] - new[1])))
+            if two:
+                t = f[0] * (t + sums[0, :, -1] * ((m[0] - m[1]) - (new[0] - new[1])))
             sums, m = sums * f[..., None], new
         ee.copy_(zz).sub_(m[..., None])  # float64: exact
-        torch.sub(ee[0], ee[1], out=de)
+        if two:
+            torch.sub(ee[0], ee[1], out=de)
         ee.exp_()
         sums[..., -1] += ee.sum(-1)
         # the classes' sums over their ids only (classes are sparse in a vocabulary)
         ids, sub = index[a // chunk]
         if len(ids):
             sums[..., :-1] += ee.index_select(-1, ids) @ sub
-        t += torch.bmm(ee[0].unsqueeze(1), de.unsqueeze(2)).view(-1)
+        if two:
+            t += torch.bmm(ee[0].unsqueeze(1), de.unsqueeze(2)).view(-1)
     s = sums[..., -1]
-    kl = (t / s[0] - (s[0] / s[1]).log()).clamp_min(0.0)
     masses = sums[..., :-1] / s[..., None]
+    if not two:
+        return t, masses[0], masses[0]
+    kl = (t / s[0] - (s[0] / s[1]).log()).clamp_min(0.0)
     return kl, masses[0], masses[1]
 
 
