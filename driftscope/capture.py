@@ -330,7 +330,8 @@ def capture(model: torch.nn.Module, modules: dict[str, torch.nn.Module] | None =
         if hidden.dim() != 3 or state.rows is None:  # project() on gathered states, or another state's pass
             return None
         state.final = hidden[state.rows, state.cols]
-        return (hidden[:, :1, :],) + tuple(args[1:])  # the model's own logits: (B, 1, V), unused
+        # contiguous: a strided (B, 1, d) view makes the head product several times slower
+        return (hidden[:, :1, :].contiguous(),) + tuple(args[1:])  # the model's own logits: (B, 1, V), unused
 
     def gather(name):
         def hook(_module, _args, output):
