@@ -89,3 +89,22 @@ def test_the_run_is_written_once_with_one_checkpoint_per_step(trained):
     with pytest.raises(driftscope.DriftscopeError, match="already exists"):
         DriftCallback(out=trained["root"] / "runs", name="training").on_train_begin(
             None, None, None, model=trained["model"], processing_class=AutoTokenizer.from_pretrained(run.parent.parent / "ckpt" / "checkpoint-4"))
+
+
+def test_a_failed_gate_stops_training_when_asked(family, tmp_path):
+    tok = AutoTokenizer.from_pretrained(family["base"])
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    model = AutoModelForCausalLM.from_pretrained(family["base"])
+    gates = tmp_path / "gates.toml"
+    gates.write_text('[[gate]]\nname = "no drift"\nfigure = "kl.mean"\nat_most = 0.0\n')
+    args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), max_steps=6, save_strategy="no", logging_steps=1,
+                             per_device_train_batch_size=4, learning_rate=5e-3, report_to=[], use_cpu=True, seed=0,
+                             disable_tqdm=True)
+    drift = DriftCallback(probes=["general"], every=2, gates=gates, stop_on_gate=True, out=tmp_path / "runs",
+                          accuracy=False)
+    trainer = Trainer(model=model, args=args, train_dataset=Numbers(tok), processing_class=tok, callbacks=[drift])
+    trainer.train()
+    assert trainer.state.global_step == 2  # stopped at the first evaluation, not at 6
+    assert logged(trainer.state.log_history, 2, "drift/gates_failed") == 1.0
+    assert [sc.ck.label for sc in drift.scorers] == ["step-2"]
