@@ -9,7 +9,6 @@ ModelError: one line, exit 2.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -75,18 +74,6 @@ def load_gguf_tokenizer(path: Path):
     except Exception as e:  # noqa: BLE001 - as in load_gguf_model
         raise ModelError(f"{path}: cannot read its tokenizer ({_first_line(e)})",
                          "compare a GGUF whose tokenizer transformers reads, or its Hugging Face folder") from None
-
-
-def gguf_fingerprint(path: Path) -> str:
-    """As models.fingerprint for a folder: the file's name, size, and first and last MiB."""
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    h.update(f"{path.name}:{size}".encode())
-    with path.open("rb") as fh:
-        h.update(fh.read(1 << 20))
-        fh.seek(max(0, size - (1 << 20)))
-        h.update(fh.read(1 << 20))
-    return h.hexdigest()[:16]
 
 
 def _first_line(e: Exception) -> str:

@@ -37,7 +37,7 @@ import torch
 
 from driftscope.errors import ModelError, TokenizerMismatch
 from driftscope.placement import OFFLOAD_HINT, keep_alive, offloaded, placement, with_offload_folder
-from driftscope.gguf_input import gguf_fingerprint, is_gguf, load_gguf_model, load_gguf_tokenizer
+from driftscope.gguf_input import is_gguf, load_gguf_model, load_gguf_tokenizer
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SAFETENSORS = "adapter_model.safetensors"
@@ -148,17 +148,25 @@ def fingerprint(path: Path) -> str:
     """Cheap, stable identity of a checkpoint folder: its configs, and each
     weight file's name, size and first and last MiB."""
     h = hashlib.sha256()
+    if path.is_file():  # a GGUF file: itself alone
+        _hash_ends(h, path)
+        return h.hexdigest()[:16]
     for f in sorted(path.iterdir()):
         if f.name.endswith(".json") and "config" in f.name:
             h.update(f.name.encode() + f.read_bytes())
         elif f.suffix in (".safetensors", ".bin", ".pt", ".gguf"):
-            size = f.stat().st_size
-            h.update(f"{f.name}:{size}".encode())
-            with f.open("rb") as fh:
-                h.update(fh.read(1 << 20))
-                fh.seek(max(0, size - (1 << 20)))
-                h.update(fh.read(1 << 20))
+            _hash_ends(h, f)
     return h.hexdigest()[:16]
+
+
+def _hash_ends(h, f: Path) -> None:
+    """A weight file's name, size, and first and last MiB."""
+    size = f.stat().st_size
+    h.update(f"{f.name}:{size}".encode())
+    with f.open("rb") as fh:
+        h.update(fh.read(1 << 20))
+        fh.seek(max(0, size - (1 << 20)))
+        h.update(fh.read(1 << 20))
 
 
 def open_safetensors(path: Path):
@@ -387,7 +395,7 @@ def context_length(path: str | Path) -> int | None:
 
 def _load_gguf(path: Path, label: str, device: torch.device, dtype: torch.dtype) -> Checkpoint:
     model = load_gguf_model(path, device, dtype)
-    return Checkpoint(label, str(path), "gguf", gguf_fingerprint(path), model, load_gguf_tokenizer(path),
+    return Checkpoint(label, str(path), "gguf", fingerprint(path), model, load_gguf_tokenizer(path),
                       model_path=str(path))
 
 
