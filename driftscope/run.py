@@ -244,7 +244,9 @@ class _Run:
         tick = Progress(progress, total)
         with group.together():
             resident = paired_pass(base_ck, scorers, batches, inputs.vocab, tick)
+        merging = time.perf_counter()
         merge_shards(group, scorers)
+        merge_s = time.perf_counter() - merging
         self.mark("drift")
         answers = []
         if answering:
@@ -255,7 +257,7 @@ class _Run:
                                        only=answer_shard(group, inputs))
             answers = gather_answers(group, answers)
         self.mark("accuracy", ran=answering)
-        return scorers, answers, self.facts(base_ck, inputs, "paired", notes, rss_mb=resident)
+        return scorers, answers, self.facts(base_ck, inputs, "paired", notes, rss_mb=resident, merge_s=merge_s)
 
     def _paired_scorers(self, base_ck: Checkpoint, tuned_cks: list[Checkpoint], inputs: Inputs, layers: bool):
         s, notes = self.s, [c.warning for c in (base_ck, *tuned_cks) if c.warning]
@@ -346,6 +348,8 @@ class _Run:
         phases = ("start", "loaded", "drift", "accuracy", "tables")
         timings = {f"{b}_s": round(self.clock[b] - self.clock[a], 3) for a, b in zip(phases, phases[1:])}
         timings["batches"] = facts["batches"]
+        if self.group.world > 1:  # gathering and merging the ranks' reducers (distributed.merge_shards)
+            timings["merge_s"] = round(facts["merge_s"], 3)
         rss = facts.get("rss_mb", {})
         return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
                 "timings": timings, "processes": self.group.describe(), "peak_rss_mb": self.memory.peaks, "rss_mb": {k: v and round(v, 1) for k, v in rss.items()},
