@@ -151,7 +151,7 @@ def merge_shards(group: Group, scorers) -> None:
         group.sum_(s.est.sums)
         group.sum_(s.est.counts)
         if s.layers is not None:
-            s.layers.merge_states(group.all_gather(s.layers.state()))
+            s.layers.reduce(group.sum_)
     states = group.all_gather([s.acc.state() for s in scorers])
     if group.main:
         for other in states[1:]:

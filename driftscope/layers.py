@@ -159,31 +159,21 @@ class LayerAccumulator:
         self.cka = [A.CKAStats(self.d, self.proj, self.device or "cpu") for _ in range(self.L)]
         self.own.zero(self.device or "cpu")
 
-    def state(self) -> dict:
-        """What the updates summed, on the CPU (no model, no head): merge_states takes it."""
-        cpu = lambda t: t.detach().cpu()  # noqa: E731
-        return {"n_pos": self.n_pos, "n_next": self.n_next,
-                "hid": {k: cpu(v) for k, v in self.hid.items()}, "lens": {k: cpu(v) for k, v in self.lens.items()},
-                "cmp": {c: {k: cpu(v) for k, v in d.items()} for c, d in self.cmp.items()},
-                "cka": [{"n": c.n, **{k: cpu(getattr(c, k)) for k in A.CKAStats.SUMS}} for c in self.cka],
-                "own": self.own.state()}
-
-    def merge_states(self, states: list[dict]) -> None:
-        """The sums over every shard's state (this one's among them, in rank order)."""
-        self._zero()
-        dev = self.device or "cpu"
-        for st in states:
-            self.n_pos += st["n_pos"]
-            self.n_next += st["n_next"]
-            for mine, theirs in ((self.hid, st["hid"]), (self.lens, st["lens"]),
-                                 *((self.cmp[c], st["cmp"][c]) for c in self.cmp)):
-                for k in mine:
-                    mine[k] += theirs[k].to(dev)
-            for c, theirs in zip(self.cka, st["cka"]):
-                c.n += theirs["n"]
-                for k in A.CKAStats.SUMS:
-                    getattr(c, k).add_(theirs[k].to(c.device))
-            self.own.merge_state(st["own"])
+    def reduce(self, sum_) -> None:
+        """Every sum replaced by its sum over the ranks, in place (`sum_`: distributed.Group.sum_):
+        tensors go over the wire as they are, no pickling, no copy per rank."""
+        tensors = [*self.hid.values(), *self.lens.values(), *(t for d in self.cmp.values() for t in d.values()),
+                   *(getattr(c, k) for c in self.cka for k in A.CKAStats.SUMS), *self.own.tensors()]
+        for t in tensors:
+            sum_(t)
+        counts = torch.tensor([self.n_pos, self.n_next, *(c.n for c in self.cka), *self.own.head.values()],
+                              dtype=torch.float64, device=tensors[0].device)
+        sum_(counts)
+        self.n_pos, self.n_next = int(counts[0]), int(counts[1])
+        for i, c in enumerate(self.cka):
+            c.n = int(counts[2 + i])
+        for j, k in enumerate(self.own.head):
+            self.own.head[k] = float(counts[2 + len(self.cka) + j])
 
     # -- hooks -------------------------------------------------------------
 

@@ -119,20 +119,9 @@ class OwnChange:
         self.head = {"rel": 0.0, "rms": 0.0, "final_rms": 0.0}
         self.missed: set[tuple[str, int]] = set()  # changed components whose own output never came (no hooks())
 
-    def state(self) -> dict:
-        cpu = lambda t: t.detach().cpu()  # noqa: E731
-        return {"sums": {c: {k: cpu(v) for k, v in d.items()} for c, d in self.sums.items()},
-                "resid_rms": cpu(self.resid_rms), "head": dict(self.head), "missed": set(self.missed)}
-
-    def merge_state(self, state: dict) -> None:
-        """Add another shard's sums (distributed runs)."""
-        for c, d in self.sums.items():
-            for k in d:
-                d[k] += state["sums"][c][k].to(d[k].device)
-        self.resid_rms += state["resid_rms"].to(self.resid_rms.device)
-        for k in self.head:
-            self.head[k] += state["head"][k]
-        self.missed |= state["missed"]
+    def tensors(self) -> list[torch.Tensor]:
+        """Every running sum that is a tensor (distributed runs reduce them in place)."""
+        return [*(t for d in self.sums.values() for t in d.values()), self.resid_rms]
 
     @contextlib.contextmanager
     def hooks(self, base_state: CaptureState):
