@@ -18,6 +18,17 @@ def _user_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny ops on 2 shared, busy cores: one thread avoids spin-wait stalls (10x here)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def family(tmp_path_factory) -> dict[str, Path]:
     """Tiny base, a fully tuned copy, a LoRA adapter and an identical copy."""

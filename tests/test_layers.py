@@ -99,13 +99,7 @@ def run(base, tuned, data, **kw):
     return acc, torch.cat(ps), torch.cat(qs)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny ops on 2 shared, busy cores: one thread avoids spin-wait stalls (10x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ from driftscope.own_change import OWN_SHARE, same_weights
 from test_layers import BUILD, CLASSES, V, batches
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
