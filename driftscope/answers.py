@@ -313,15 +313,22 @@ def answer_items(base_ck, tuned_cks, estimators, probes, encoded, chat, max_leng
 
 
 def base_answers(base_ck, probes, encoded, chat, max_length, batch_size, vocab, only: set[int] | None = None) -> dict:
-    """The base's greedy answers and choice log-likelihoods, as JSON (a base cache keeps them):
-    {"texts": {probe index: answer}, "choice_ll": [...] | None, "choice_counts": [...] | None}."""
+    """The base's greedy answers and choice log-likelihoods, as JSON (a base cache keeps them), keyed
+    so that shards merge by union: {"texts": {"i": answer}, "choice_ll": {"i:j": ll}, "choice_counts":
+    {"i:j": tokens}} for probe i, choice j."""
     job = _AnswerJob(base_ck.tokenizer, base_ck.model, probes, encoded, chat, max_length, batch_size, vocab, only)
     with base_ck.active():  # adapters sharing the base: all off
         texts = job.generate(base_ck.model)
         ll, cnt, _ = job.choices(base_ck.model)
+    keys = [f"{i}:{j}" for i, j in job.keys]
     return {"texts": {str(i): t for i, t in texts.items()},
-            "choice_ll": None if ll is None else np.asarray(ll).tolist(),
-            "choice_counts": None if cnt is None else np.asarray(cnt).tolist()}
+            "choice_ll": {} if ll is None else dict(zip(keys, np.asarray(ll).tolist())),
+            "choice_counts": {} if cnt is None else dict(zip(keys, np.asarray(cnt).tolist()))}
+
+
+def merge_base_answers(shards: list[dict]) -> dict:
+    """base_answers of every shard of the probes, as one."""
+    return {name: {k: v for shard in shards for k, v in shard[name].items()} for name in ("texts", "choice_ll", "choice_counts")}
 
 
 def tuned_answers(ck, est, base: dict, tok, probes, encoded, chat, max_length, batch_size, vocab, tick=lambda: None,
@@ -337,8 +344,9 @@ def tuned_answers(ck, est, base: dict, tok, probes, encoded, chat, max_length, b
         t_ll, _, c_ll = job.choices(ck.model, est.for_probes)
     tick()
     base_texts = {int(i): t for i, t in base["texts"].items()}
-    base_ll = None if base["choice_ll"] is None else np.asarray(base["choice_ll"])
-    cnt = None if base["choice_counts"] is None else np.asarray(base["choice_counts"])
+    keys = [f"{i}:{j}" for i, j in job.keys]
+    base_ll = np.asarray([base["choice_ll"][k] for k in keys]) if keys else None
+    cnt = np.asarray([base["choice_counts"][k] for k in keys]) if keys else None
     return _items_frame(ck.label, probes, job.with_answer, job.keys, cnt,
                         (base_texts, base_ll), (t_texts, t_ll), (c_texts, c_ll))
 

@@ -31,7 +31,7 @@ from driftscope import __version__
 from driftscope.errors import DriftscopeError, OutputError
 from driftscope.metrics.topk import SUMMARY_KEYS
 
-SCHEMA = 1  # bump when the tensors or their meaning change: an older cache is then refused
+SCHEMA = 2  # bump when the tensors or their meaning change: an older cache is then refused
 TENSORS, MANIFEST, ITEMS = "base.safetensors", "manifest.json", "items.json"
 WHERE_KEYS = ("probe", "kind", "offset", "gold")  # (N,) where each position comes from
 POSITION_KEYS = SUMMARY_KEYS + WHERE_KEYS

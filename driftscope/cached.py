@@ -27,13 +27,14 @@ from typing import Callable
 import torch
 
 from driftscope import __version__
-from driftscope.answers import OffsetEstimator, base_answers
+from driftscope.answers import OffsetEstimator, base_answers, merge_base_answers
 from driftscope.basecapture import WHERE_KEYS, BaseCapture, CacheMismatch, RECAPTURE, make_manifest
 from driftscope.capture import block_rows, blocks, capture, forward, project_block
 from driftscope.drift import class_groups
 from driftscope.inputs import Inputs
 from driftscope.memory import release_free_memory
-from driftscope.metrics.topk import SUMMARY_KEYS, default_k, summarise_base
+from driftscope.distributed import Group, answer_shard
+from driftscope.metrics.topk import SUMMARY_KEYS, default_k, row_offsets, summarise_base
 from driftscope.models import Checkpoint
 from driftscope.paired import Scorer
 from driftscope.placement import input_device
@@ -64,49 +65,83 @@ def expected_manifest(fingerprint: str | None, tok, inputs: Inputs, seed: int, a
 
 
 def record_base(base: Checkpoint, inputs: Inputs, *, k: int | None = None, seed: int = 0, accuracy: bool = True,
-                 batch_size: int = 16, tick: Callable[[], None] = lambda: None) -> BaseCapture:
-    """One pass of the base over the inputs (and its answering pass when `accuracy`)."""
+                 batch_size: int = 16, tick: Callable[[], None] = lambda: None, group: Group = Group()) -> BaseCapture:
+    """One pass of the base over the inputs (and its answering pass when `accuracy`). Under
+    torchrun each rank captures its shard of the batches and probes, and every rank ends
+    with the whole capture, as one process would have made it."""
     vocab = inputs.vocab
     groups = class_groups(inputs.table)
     k = k or default_k(vocab, groups.shape[1])
     folds = OffsetEstimator(len(inputs.probes), vocab, seed)  # its sums: the base's log p, per fold
-    p_sum, p_n = torch.zeros(vocab, dtype=torch.float64), 0
-    parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+    p_sum, p_n = torch.zeros(vocab, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    with group.together():
+        parts = _record_rows(base, inputs, k, groups, folds, (p_sum, p_n), group, tick)
+        answers = base_answers(base, inputs.probes, inputs.encoded, inputs.chat, inputs.max_length, batch_size, vocab,
+                               answer_shard(group, inputs)) if accuracy and any(p.answer is not None for p in inputs.probes) else None
+    tick()
+    for t in (folds.sums, folds.counts, p_sum, p_n):
+        group.sum_(t)
+    positions = _in_batch_order(group.all_gather(parts) if group.world > 1 else [parts])
+    if answers is not None and group.world > 1:
+        answers = merge_base_answers(group.all_gather(answers))
+    manifest = expected_manifest(base.fingerprint, base.tokenizer, inputs, seed, accuracy)
+    manifest.update(base_path=base.path, base_label=base.label, driftscope_version=__version__)
+    return BaseCapture(positions=positions, fold_logp_sum=folds.sums, fold_count=folds.counts, p_sum=p_sum,
+                       p_n=int(p_n.item()), items={"answers": answers}, manifest=manifest)
+
+
+def _record_rows(base: Checkpoint, inputs: Inputs, k: int, groups: torch.Tensor, folds: OffsetEstimator, sums,
+                 group: Group, tick) -> dict[int, dict[str, list[torch.Tensor]]]:
+    """The base's summary of each scored position of this rank's batches, by batch index;
+    adds to the fold sums and to `sums` = (sum of p, finite rows) in place."""
+    vocab, (p_sum, p_n) = inputs.vocab, sums
+    parts: dict[int, dict[str, list[torch.Tensor]]] = {}
     device, size = input_device(base.model), block_rows(vocab)
     with capture(base.model) as state, base.active():  # adapters sharing the base: all off
-        for batch in inputs.batches:
+        for i, batch in group.shard(list(enumerate(inputs.batches))):
             forward(base.model, state, batch.to(device))
+            parts[i] = defaultdict(list)
             for block in blocks(batch, size):
                 logp = project_block(base.model, state, block, vocab)[0][: block.n].double().cpu()
-                summary = summarise_base(logp, k, groups, block.gold)
+                summary = summarise_base(logp, k, groups, block.gold, offsets=row_offsets(block.probe, block.offset))
                 for key in SUMMARY_KEYS:
-                    parts[key].append(summary[key].cpu())
+                    parts[i][key].append(summary[key].cpu())
                 for key in WHERE_KEYS:
-                    parts[key].append(getattr(block, key).cpu())
+                    parts[i][key].append(getattr(block, key).cpu())
                 folds.add(block, torch.cat([logp, logp[-1:].expand(block.size - block.n, -1)]))
                 ok = summary["finite"]
                 p_sum += logp[ok].exp().sum(0)
-                p_n += int(ok.sum())
+                p_n += ok.sum()
             release_free_memory()
             tick()
             pause_if_testing("drift")
-    answers = base_answers(base, inputs.probes, inputs.encoded, inputs.chat, inputs.max_length, batch_size, vocab) \
-        if accuracy and any(p.answer is not None for p in inputs.probes) else None
-    tick()
-    manifest = expected_manifest(base.fingerprint, base.tokenizer, inputs, seed, accuracy)
-    manifest.update(base_path=base.path, base_label=base.label, driftscope_version=__version__)
-    return BaseCapture(positions={key: torch.cat(v) for key, v in parts.items()}, fold_logp_sum=folds.sums,
-                       fold_count=folds.counts, p_sum=p_sum, p_n=p_n, items={"answers": answers}, manifest=manifest)
+    return parts
 
 
-def cached_pass(scorer: Scorer, cache: BaseCapture, inputs: Inputs, tick: Callable[[], None] = lambda: None) -> None:
-    """Score one checkpoint against the cache, batch by batch, in the capture's order."""
+def _in_batch_order(shards: list[dict[int, dict[str, list[torch.Tensor]]]]) -> dict[str, torch.Tensor]:
+    """Every rank's rows, batch by batch: the order one process scores them in."""
+    by_batch = {i: rows for shard in shards for i, rows in shard.items()}
+    order = sorted(by_batch)
+    keys = SUMMARY_KEYS + WHERE_KEYS
+    return {key: torch.cat([t for i in order for t in by_batch[i][key]]) for key in keys}
+
+
+def cached_pass(scorer: Scorer, cache: BaseCapture, inputs: Inputs, tick: Callable[[], None] = lambda: None,
+                group: Group = Group()) -> None:
+    """Score one checkpoint against the cache, batch by batch, in the capture's order (under
+    torchrun, this rank's shard of the batches: merge the scorers' states afterwards)."""
     ck, vocab = scorer.ck, inputs.vocab
-    rows, at = cache.positions, 0
+    rows = cache.positions
+    starts = [0]
+    for batch in inputs.batches:
+        starts.append(starts[-1] + len(batch.rows))
+    if starts[-1] != cache.n_positions:
+        raise CacheMismatch(f"the base cache holds {cache.n_positions} scored positions, this run {starts[-1]}", RECAPTURE)
     device, size = input_device(ck.model), block_rows(vocab)
     with capture(ck.model) as state, ck.active():  # an adapter sharing the base: only it on
-        for batch in inputs.batches:
+        for i, batch in group.shard(list(enumerate(inputs.batches))):
             forward(ck.model, state, batch.to(device))
+            at = starts[i]
             for block in blocks(batch, size):
                 mine = slice(at, at + block.n)
                 at += block.n
@@ -118,9 +153,8 @@ def cached_pass(scorer: Scorer, cache: BaseCapture, inputs: Inputs, tick: Callab
             release_free_memory()
             tick()
             pause_if_testing("drift")
-    if at != cache.n_positions:
-        raise CacheMismatch(f"the base cache holds {cache.n_positions} scored positions, this run {at}", RECAPTURE)
-    scorer.est.subtract(cache.fold_logp_sum)
+    if group.main:  # the base's sums once: the ranks' offset sums are then summed
+        scorer.est.subtract(cache.fold_logp_sum)
     scorer.acc.use_base_means(cache.p_sum.numpy(), cache.p_n)
 
 

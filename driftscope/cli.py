@@ -100,7 +100,7 @@ def compare(
     probes: Annotated[Optional[list[str]], typer.Option("--probes", "-p", help="Suite file or built-in suite name (repeatable). Default: general.")] = None,
     sequential: Annotated[bool, typer.Option(help="One model resident at a time: the base captured and freed, then each checkpoint in turn (KL bounded, no layer figures).")] = False,
     base_cache: Annotated[Optional[Path], typer.Option(help="Score against a base cache written by `driftscope capture` (BASE then optional).")] = None,
-    top_k: Annotated[Optional[int], typer.Option(help="With --sequential: base log-probs kept per position (default: chosen by vocabulary size).")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="With --sequential: base log-probs kept per position, k top ids and k sampled from the tail (default: chosen by vocabulary size).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     device_map: Annotated[Optional[str], typer.Option(help="Spread a model too big for one device (accelerate): auto, balanced, balanced_low_0 or sequential.")] = None,
     max_memory: Annotated[Optional[str], typer.Option(help="With --device-map: memory per device, e.g. 0=20GiB,cpu=60GiB.")] = None,
@@ -174,7 +174,7 @@ def capture_cmd(
     base: Annotated[Path, typer.Argument(help="Base model folder.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Cache folder to write.")],
     probes: Annotated[Optional[list[str]], typer.Option("--probes", "-p", help="Suite file or built-in suite name (repeatable). Default: general.")] = None,
-    top_k: Annotated[Optional[int], typer.Option(help="Base log-probs kept per position (default: chosen by vocabulary size).")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Base log-probs kept per position, k top ids and k sampled from the tail (default: chosen by vocabulary size).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Probes per forward pass.")] = 16,
@@ -201,6 +201,9 @@ def capture_cmd(
                                        fewshot=fewshot, seed=seed, allow_pickle=allow_pickle)
         except KeyboardInterrupt as e:
             raise e if isinstance(e, Interrupted) else Interrupted("nothing was written") from None
+    _settle()
+    if cache is None:  # another rank of a torchrun job: rank 0 saved the whole cache
+        return
     out.print(f"base cache written to [bold]{esc(out_dir)}[/]: {cache.n_positions:,} positions, top-{cache.k} of "
               f"{cache.vocab:,} ids, {cache.nbytes / 2**20:.1f} MiB ({cache.size_ratio():.2%} of a full uint16 file)",
               highlight=False)

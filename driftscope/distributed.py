@@ -148,10 +148,22 @@ def merge_shards(group: Group, scorers) -> None:
     if group.world == 1:
         return
     for s in scorers:
-        group.sum_(s.est.sums)
-        group.sum_(s.est.counts)
+        merge_offsets(group, s)
         if s.layers is not None:
             s.layers.reduce(group.sum_)
+    merge_reducers(group, scorers)
+
+
+def merge_offsets(group: Group, scorer) -> None:
+    """The bias-offset sums of every rank, summed on every rank (in place)."""
+    group.sum_(scorer.est.sums)
+    group.sum_(scorer.est.counts)
+
+
+def merge_reducers(group: Group, scorers) -> None:
+    """Every rank's drift reducers (sketches, moments, class masses) merged into rank 0's."""
+    if group.world == 1:
+        return
     states = group.all_gather([s.acc.state() for s in scorers])
     if group.main:
         for other in states[1:]:

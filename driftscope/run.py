@@ -25,7 +25,8 @@ from driftscope.assemble import assemble
 from driftscope.basecapture import BaseCapture, CacheMismatch, check_manifest
 from driftscope.cached import LAYERS_NOTE, cached_pass, expected_manifest, record_base
 from driftscope import distributed
-from driftscope.distributed import answer_shard, fail_if_testing, gather_answers, merge_shards
+from driftscope.distributed import (answer_shard, fail_if_testing, gather_answers, merge_offsets, merge_reducers,
+                                    merge_shards)
 from driftscope.drift import DriftAccumulator
 from driftscope.errors import DriftscopeError
 from driftscope.inputs import Inputs, load_suites, prepare
@@ -132,9 +133,6 @@ def compare(
     group = distributed.current()  # one process, or a rank of a torchrun job
     with group.together():
         fail_if_testing(group.rank)
-        if group.world > 1 and (sequential or base_cache is not None):
-            raise DriftscopeError(f"--sequential and --base-cache run in one process, not {group.world}",
-                                  "run them without torchrun, or drop the option for a paired run")
         suites = load_suites(probes)
         named = Path(base) if base is not None else Path(str(base_cache)).with_suffix("")
         # An unwritable --out or an existing run fails now, not after the whole run (rank 0 writes).
@@ -169,17 +167,24 @@ def compare(
 def capture_base(base: str | Path, probes: list[str | Path] | None = None, out: str | Path = "base-cache", *,
             classes: dict[str, str] | None = None, accuracy: bool = True, overwrite: bool = False,
             progress: Callable[[int, int], None] | None = None, **settings) -> BaseCapture:
-    """Capture the base once on the suites and save it at `out` for compare(base_cache=out)."""
+    """Capture the base once on the suites and save it at `out` for compare(base_cache=out).
+    Under torchrun each rank captures its shard and rank 0 saves the whole (others return None)."""
     s = Settings(**settings)
     s.check()
     out = Path(out)
-    if out.exists() and not overwrite:  # before loading anything
-        raise DriftscopeError(f"{out} already exists", "pass --overwrite, or choose another --out")
-    suites = load_suites(probes)
-    base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
-    inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck], s, classes)
-    tick = Progress(progress, len(inputs.batches) + 1)
-    cache = record_base(base_ck, inputs, k=s.top_k, seed=s.seed, accuracy=accuracy, batch_size=s.batch_size, tick=tick)
+    group = distributed.current()
+    with group.together():
+        fail_if_testing(group.rank)
+        if out.exists() and not overwrite:  # before loading anything
+            raise DriftscopeError(f"{out} already exists", "pass --overwrite, or choose another --out")
+        suites = load_suites(probes)
+        base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
+        inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck], s, classes)
+    tick = Progress(progress, len(group.shard(inputs.batches)) + 1)
+    cache = record_base(base_ck, inputs, k=s.top_k, seed=s.seed, accuracy=accuracy, batch_size=s.batch_size, tick=tick,
+                        group=group)
+    if not group.main:
+        return None
     cache.save(out, overwrite=overwrite)
     return cache
 
@@ -204,6 +209,7 @@ class _Run:
     start: float
     memory: PhasePeaks
     group: distributed.Group = distributed.Group()
+    merge_s: float = 0.0  # gathering and merging the ranks' reducers
 
     def __post_init__(self):
         self.clock = {"start": self.start}
@@ -246,7 +252,7 @@ class _Run:
             resident = paired_pass(base_ck, scorers, batches, inputs.vocab, tick)
         merging = time.perf_counter()
         merge_shards(group, scorers)
-        merge_s = time.perf_counter() - merging
+        self.merge_s = time.perf_counter() - merging
         self.mark("drift")
         answers = []
         if answering:
@@ -257,7 +263,7 @@ class _Run:
                                        only=answer_shard(group, inputs))
             answers = gather_answers(group, answers)
         self.mark("accuracy", ran=answering)
-        return scorers, answers, self.facts(base_ck, inputs, "paired", notes, rss_mb=resident, merge_s=merge_s)
+        return scorers, answers, self.facts(base_ck, inputs, "paired", notes, rss_mb=resident)
 
     def _paired_scorers(self, base_ck: Checkpoint, tuned_cks: list[Checkpoint], inputs: Inputs, layers: bool):
         s, notes = self.s, [c.warning for c in (base_ck, *tuned_cks) if c.warning]
@@ -273,14 +279,16 @@ class _Run:
     def sequential(self, base: Path, tuned_paths, suites, classes, accuracy: bool, progress):
         """The base captured, then each checkpoint loaded, scored and freed in turn. Full checkpoints
         free the base first; adapters keep it (they share its weights: one model resident)."""
-        s = self.s
-        base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
-        pause_if_testing("loading")
-        inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck], s, classes)
+        s, group = self.s, self.group
+        with group.together():
+            base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
+            pause_if_testing("loading")
+            inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck], s, classes)
         self.mark("loaded")
         answering = _has_answers(inputs, accuracy)
-        tick = Progress(progress, (len(inputs.batches) + 2 * answering) * (1 + len(tuned_paths)))
-        cache = record_base(base_ck, inputs, k=s.top_k, seed=s.seed, accuracy=answering, batch_size=s.batch_size, tick=tick)
+        tick = Progress(progress, (len(group.shard(inputs.batches)) + 2 * answering) * (1 + len(tuned_paths)))
+        cache = record_base(base_ck, inputs, k=s.top_k, seed=s.seed, accuracy=answering, batch_size=s.batch_size, tick=tick,
+                            group=group)
         facts = self.facts(base_ck, inputs, "sequential", [c for c in [base_ck.warning] if c])
         if not any(checkpoint_kind(p) == "adapter" for p in tuned_paths):
             base_ck.release()
@@ -288,6 +296,22 @@ class _Run:
         return scorers, answers, facts
 
     def against_cache(self, base, cache_path: Path, tuned_paths, suites, classes, accuracy: bool, progress):
+        with self.group.together():
+            base_ck, cache, inputs, tok = self._load_against_cache(base, cache_path, tuned_paths, suites, classes, accuracy)
+        self.mark("loaded")
+        answering = _has_answers(inputs, accuracy)
+        tick = Progress(progress, (len(self.group.shard(inputs.batches)) + 2 * answering) * len(tuned_paths))
+        base_desc = {"label": cache.manifest.get("base_label", ""), "path": cache.manifest.get("base_path", ""),
+                     "kind": "cache", "fingerprint": cache.manifest.get("fingerprint", ""), "cache": str(cache_path)}
+        facts = self.facts(base_ck, inputs, "base-cache", [], device=self.s.device, dtype=self.s.dtype)
+        if base_ck is None:
+            facts["base"], facts["base_path"] = base_desc, None
+        scorers, answers = self._score_each(cache, base_ck, tuned_paths, inputs, answering, tick, facts["notes"],
+                                            base_tok=tok)
+        return scorers, answers, facts
+
+    def _load_against_cache(self, base, cache_path: Path, tuned_paths, suites, classes, accuracy: bool):
+        """The cache, BASE when given, and the inputs, checked against each other."""
         s = self.s
         cache = BaseCapture.load(cache_path)  # unreadable, truncated or of another schema: refused here
         base_ck = None
@@ -307,39 +331,37 @@ class _Run:
         expect = expected_manifest(base_ck.fingerprint if base_ck else None, tok, inputs, s.seed,
                                    _has_answers(inputs, accuracy))
         check_manifest(cache.manifest, {"tokenizer": expect.pop("tokenizer"), **expect}, cache_path)
-        self.mark("loaded")
-        answering = _has_answers(inputs, accuracy)
-        tick = Progress(progress, (len(inputs.batches) + 2 * answering) * len(tuned_paths))
-        base_desc = {"label": cache.manifest.get("base_label", ""), "path": cache.manifest.get("base_path", ""),
-                     "kind": "cache", "fingerprint": cache.manifest.get("fingerprint", ""), "cache": str(cache_path)}
-        facts = self.facts(base_ck, inputs, "base-cache", [], device=s.device, dtype=s.dtype)
-        if base_ck is None:
-            facts["base"], facts["base_path"] = base_desc, None
-        scorers, answers = self._score_each(cache, base_ck, tuned_paths, inputs, answering, tick, facts["notes"],
-                                            base_tok=tok)
-        return scorers, answers, facts
+        return base_ck, cache, inputs, tok
 
     def _score_each(self, cache: BaseCapture, base_ck, tuned_paths, inputs: Inputs, answering: bool, tick, notes,
                     base_tok=None):
         """Load, score and free each checkpoint in turn against the cache."""
-        s, base_tok = self.s, base_tok or base_ck.tokenizer
+        s, group, base_tok = self.s, self.group, base_tok or base_ck.tokenizer
         scorers, answers = [], []
         notes.append(LAYERS_NOTE)
         for path, label in zip(tuned_paths, _labels(tuned_paths)):
-            ck = load_tuned(path, base_ck, label, s.allow_pickle, device=s.device, dtype=s.dtype)
-            _check_head(ck, inputs.vocab)
-            notes += [ck.warning] if ck.warning else []
-            scorer = self.scorer(ck, base_tok, inputs)
-            cached_pass(scorer, cache, inputs, tick)
+            with group.together():
+                ck = load_tuned(path, base_ck, label, s.allow_pickle, device=s.device, dtype=s.dtype)
+                _check_head(ck, inputs.vocab)
+                notes += [ck.warning] if ck.warning else []
+                scorer = self.scorer(ck, base_tok, inputs)
+                cached_pass(scorer, cache, inputs, tick, group)
+            merge_offsets(group, scorer)  # the answering pass needs every rank's offset sums
             tick.phase = "accuracy" if answering else None
             if answering:
-                answers.append(tuned_answers(ck, scorer.est, cache.items["answers"], base_tok, inputs.probes,
-                                             inputs.encoded, inputs.chat, inputs.max_length, s.batch_size, inputs.vocab, tick))
+                with group.together():
+                    answers.append(tuned_answers(ck, scorer.est, cache.items["answers"], base_tok, inputs.probes,
+                                                 inputs.encoded, inputs.chat, inputs.max_length, s.batch_size,
+                                                 inputs.vocab, tick, only=answer_shard(group, inputs)))
             tick.phase = None
             ck.release()
             scorers.append(scorer)
             gc.collect()
             release_free_memory()
+        merging = time.perf_counter()
+        merge_reducers(group, scorers)
+        self.merge_s = time.perf_counter() - merging
+        answers = gather_answers(group, answers)
         self.mark("drift")
         self.mark("accuracy")
         return scorers, answers
@@ -349,7 +371,7 @@ class _Run:
         timings = {f"{b}_s": round(self.clock[b] - self.clock[a], 3) for a, b in zip(phases, phases[1:])}
         timings["batches"] = facts["batches"]
         if self.group.world > 1:  # gathering and merging the ranks' reducers (distributed.merge_shards)
-            timings["merge_s"] = round(facts["merge_s"], 3)
+            timings["merge_s"] = round(self.merge_s, 3)
         rss = facts.get("rss_mb", {})
         return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
                 "timings": timings, "processes": self.group.describe(), "peak_rss_mb": self.memory.peaks, "rss_mb": {k: v and round(v, 1) for k, v in rss.items()},

@@ -1,6 +1,7 @@
 """torchrun data parallelism on CPU (gloo): 2 processes write the summary 1
 process writes, byte for byte; a rank that fails stops both, said once."""
 
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +63,58 @@ def test_a_failing_rank_stops_both_and_is_said_once(family, tmp_path):
     assert done.returncode != 0
     assert done.stderr.count("error: rank 1: the probe shard cannot be read") == 1
     assert not (tmp_path / "fail").exists()
+
+
+def launch(cmd_args, procs: int):
+    launch_ = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"] if procs > 1 \
+        else [sys.executable]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*launch_, "-m", "driftscope", *map(str, cmd_args)], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cached_runs(family, tmp_path_factory):
+    """A base cache captured by 1 and by 2 processes; compare --base-cache and --sequential on 2 processes."""
+    root = tmp_path_factory.mktemp("dist-cached")
+    probes = ["--probes", "general"]
+    for procs in (1, 2):
+        done = launch(["capture", family["base"], *probes, "--out", root / f"cache{procs}"], procs)
+        assert done.returncode == 0, done.stderr
+    models = [family["base"], family["tuned"], family["lora"]]
+    for procs in (1, 2):
+        done = launch(["compare", "--base-cache", root / "cache1", *models, *probes, "--out", root, "--name",
+                       f"cached{procs}", "--no-html"], procs)
+        assert done.returncode == 0, done.stderr
+    done = launch(["compare", "--sequential", *models, *probes, "--out", root, "--name", "sequential2", "--no-html"], 2)
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def test_a_cache_captured_by_two_processes_is_the_one_process_cache(cached_runs):
+    from safetensors.torch import load_file
+
+    one, two = (load_file(cached_runs / f"cache{n}" / "base.safetensors") for n in (1, 2))
+    assert one.keys() == two.keys()
+    for key in one:  # rows in the same order; the vocabulary sums summed in another order: equal to rounding
+        assert torch_close(two[key], one[key]), key
+    one, two = (json.loads((cached_runs / f"cache{n}" / "items.json").read_text())["answers"] for n in (1, 2))
+    assert two["texts"] == one["texts"] and two["choice_counts"] == one["choice_counts"]
+    # choices batched with other shards' pads: float32 sums in another order
+    assert two["choice_ll"].keys() == one["choice_ll"].keys()
+    assert all(abs(two["choice_ll"][k] - v) <= 1e-4 * (1 + abs(v)) for k, v in one["choice_ll"].items())
+
+
+def test_two_processes_score_against_a_cache_as_one_does(cached_runs):
+    one, two = (json.loads((cached_runs / name / "summary.json").read_text()) for name in ("cached1", "sequential2"))
+    assert (cached_runs / "cached2" / "summary.json").read_bytes() == (cached_runs / "cached1" / "summary.json").read_bytes()
+    # --sequential on 2 processes: the same figures (only the settings say how it ran)
+    assert [c["figures"] for c in two["checkpoints"]] == [c["figures"] for c in one["checkpoints"]]
+
+
+def torch_close(a, b) -> bool:
+    import torch
+
+    if a.dtype.is_floating_point:
+        return a.shape == b.shape and torch.allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True)
+    return torch.equal(a, b)
