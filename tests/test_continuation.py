@@ -188,3 +188,18 @@ def test_a_saved_cache_feeds_every_checkpoint_the_base_tokens(runs, family, suit
     r = CliRunner().invoke(app, ["compare", str(family["tuned"]), "--base-cache", str(tmp_path / "cache"), "--probes",
                                  str(suite), "--no-accuracy", "--out", str(tmp_path / "runs")])
     assert r.exit_code == 2 and "settings.continue is 6 in the cache, 0 here" in " ".join(r.output.split()), r.output
+
+
+def test_the_headline_figures_do_not_change(runs, family, suite):
+    """Continuation positions are reported apart: every other figure and table is the run's without them."""
+    from polars.testing import assert_frame_equal
+
+    plain = driftscope.compare(family["base"], [family["tuned"], family["copy"]], [suite], out=None, html=False,
+                               layers=False, accuracy=False)
+    for label in ("tuned", "copy"):
+        with_it = dict(figures(runs["paired"], label))
+        assert with_it.pop("continuation") and with_it == figures(plain, label)
+    for table in ("classes", "tokens"):
+        assert_frame_equal(runs["paired"].tables[table], plain.tables[table])
+    pos = runs["paired"].tables["positions"]
+    assert_frame_equal(pos.filter(pos["kind"] != "continuation"), plain.tables["positions"])
