@@ -124,7 +124,10 @@ def add_weights(checkpoints: list[dict], base: Path, tables: dict, correlations:
 
 def items_table(positions: pl.DataFrame, probes: list[Probe], encoded, answers: pl.DataFrame | None) -> pl.DataFrame:
     """One row per (checkpoint, probe): drift at the next position and over the
-    answer, and each model's answer and correctness where the probe has one."""
+    answer, and each model's answer and correctness where the probe has one.
+    With continuation positions (--continue), also the largest KL along the
+    base's continuation and the first offset where the tuned top-1 forks from it;
+    the other columns leave them out."""
     meta = pl.DataFrame({
         "probe_index": [e.index for e in encoded],
         "prompt": [probes[e.index].prompt for e in encoded],
@@ -132,17 +135,23 @@ def items_table(positions: pl.DataFrame, probes: list[Probe], encoded, answers: 
         "n_prompt_tokens": [e.n_prompt for e in encoded],
         "truncated_tokens": [e.truncated for e in encoded],
     }, schema_overrides={"answer": pl.String})
+    main, cont = pl.col("kind") != "continuation", pl.col("kind") == "continuation"
+    later = []
+    if positions.height and (positions["kind"] == "continuation").any():  # --continue: the item's continuation
+        later = [pl.col("kl").filter(cont).max().alias("kl_continuation_max"),
+                 pl.col("offset").filter(cont & ~pl.col("top1_agree")).min().alias("continuation_fork_offset")]
     agg = positions.group_by("checkpoint", "probe_index").agg(
         pl.col("suite").first(),
         pl.col("probe_id").first(),
-        pl.len().alias("n_positions"),
+        main.sum().alias("n_positions"),
         pl.col("kl").filter(pl.col("kind") == "next").first().alias("kl_next"),
-        pl.col("kl").mean().alias("kl_mean"),
+        pl.col("kl").filter(main).mean().alias("kl_mean"),
         pl.col("js").filter(pl.col("kind") == "next").first().alias("js_next"),
         pl.col("top1_agree").filter(pl.col("kind") == "next").first().alias("top1_agree_next"),
         (pl.col("q_numeric") - pl.col("p_numeric")).filter(pl.col("kind") == "next").first().alias("numeric_shift_next"),
-        pl.col("p_gold").log().sum().alias("logp_answer"),
-        pl.col("q_gold").log().sum().alias("logq_answer"),
+        pl.col("p_gold").filter(main).log().sum().alias("logp_answer"),
+        pl.col("q_gold").filter(main).log().sum().alias("logq_answer"),
+        *later,
     )
     out = agg.join(meta, on="probe_index", how="left")
     if answers is not None:

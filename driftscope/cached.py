@@ -7,7 +7,8 @@ The capture keeps per scored position the base's summary (metrics.topk:
 top-k log-probs and exact scalars), the fold sums of log p at next positions
 (the bias-correction offsets are then exact: the tuned side's sums minus
 these), the sum of p (token movers) and the base's answers and choice
-log-likelihoods. Against it every figure is exact except KL, reverse KL and JS
+log-likelihoods; with --continue, the base's greedy continuation, so every
+checkpoint is fed the tokens the base chose at capture time. Against it every figure is exact except KL, reverse KL and JS
 (and what is computed from them), and KL carries a proven bound: summary.json
 reports `kl_cache_bound` per checkpoint. Layer figures need the base's
 activations beside each checkpoint's, so they belong to the paired pass.
@@ -29,7 +30,7 @@ import torch
 from driftscope import __version__
 from driftscope.answers import OffsetEstimator, base_answers, merge_base_answers
 from driftscope.basecapture import WHERE_KEYS, BaseCapture, CacheMismatch, RECAPTURE, make_manifest
-from driftscope.capture import block_rows, blocks, capture, forward, project_block
+from driftscope.capture import CONTINUATION, block_rows, blocks, capture, forward, project_block
 from driftscope.drift import class_groups
 from driftscope.inputs import Inputs
 from driftscope.memory import release_free_memory
@@ -56,7 +57,8 @@ def expected_manifest(fingerprint: str | None, tok, inputs: Inputs, seed: int, a
     (the fingerprint only when BASE is known)."""
     m = make_manifest(fingerprint or "", tokenizer_digest(tok), inputs.suites_manifest(),
                       {"chat_template": inputs.chat, "max_length": inputs.max_length, "by_suite": inputs.by_suite(),
-                       "seed": seed, "classes": inputs.classes, "vocab": inputs.vocab, "accuracy": accuracy})
+                       "seed": seed, "classes": inputs.classes, "vocab": inputs.vocab, "accuracy": accuracy,
+                       "continue": inputs.continue_n})
     m["inputs"] = inputs.digest()
     if fingerprint is None:
         del m["fingerprint"]
@@ -86,8 +88,9 @@ def record_base(base: Checkpoint, inputs: Inputs, *, k: int | None = None, seed:
         answers = merge_base_answers(group.all_gather(answers))
     manifest = expected_manifest(base.fingerprint, base.tokenizer, inputs, seed, accuracy)
     manifest.update(base_path=base.path, base_label=base.label, driftscope_version=__version__)
+    items = {"answers": answers, "continuation": {str(i): list(ids) for i, ids in inputs.continuation.items()}}
     return BaseCapture(positions=positions, fold_logp_sum=folds.sums, fold_count=folds.counts, p_sum=p_sum,
-                       p_n=int(p_n.item()), items={"answers": answers}, manifest=manifest)
+                       p_n=int(p_n.item()), items=items, manifest=manifest)
 
 
 def _record_rows(base: Checkpoint, inputs: Inputs, k: int, groups: torch.Tensor, folds: OffsetEstimator, sums,
@@ -109,7 +112,7 @@ def _record_rows(base: Checkpoint, inputs: Inputs, k: int, groups: torch.Tensor,
                 for key in WHERE_KEYS:
                     parts[i][key].append(getattr(block, key).cpu())
                 folds.add(block, torch.cat([logp, logp[-1:].expand(block.size - block.n, -1)]))
-                ok = summary["finite"]
+                ok = summary["finite"] & (block.kind != CONTINUATION)  # token movers: next and answer positions
                 p_sum += logp[ok].exp().sum(0)
                 p_n += ok.sum()
             release_free_memory()

@@ -18,7 +18,9 @@ from driftscope.errors import DriftscopeError
 from driftscope.placement import head_device
 from driftscope.probes import Probe
 
-NEXT, ANSWER = 0, 1  # position kinds: right after the prompt / inside the gold answer
+# position kinds: right after the prompt / inside the gold answer / along the base's greedy continuation
+NEXT, ANSWER, CONTINUATION = 0, 1, 2
+KINDS = {NEXT: "next", ANSWER: "answer", CONTINUATION: "continuation"}  # as the positions table names them
 PLACEHOLDER = "DRIFTSCOPEPROMPT"  # stands for the user's content when locating the chat header
 
 
@@ -42,6 +44,7 @@ class Encoded:
     n_head: int = 0  # leading prompt tokens never dropped: BOS and the chat header
     max_length: int | None = None  # the most tokens the probe may take, decoded ones included
     n_shots: int = 0  # tokens of few-shot exemplars kept after the head: the first to go
+    continuation: bool = False  # ids = prompt ids + the base's greedy continuation (continuation.py), not the answer
 
 
 def probe_chat(probe: Probe, chat: bool) -> bool:
@@ -192,8 +195,10 @@ class Batch:
 
     input_ids, attention_mask: (B, T). rows, cols: (N,) the batch row and the
     position whose output predicts the next token. gold: (N,) the token that
-    follows (-1 where the probe has no answer). kind: (N,) NEXT or ANSWER.
-    probe: (N,) index of the probe. offset: (N,) 0 for NEXT, k inside the answer.
+    follows (-1 where the probe has no answer, and along a continuation). kind: (N,)
+    NEXT, ANSWER or CONTINUATION. probe: (N,) index of the probe. offset: (N,) 0 for
+    NEXT, k inside the answer, k = 1..n after the k-th continuation token. A batch
+    holds continuation sequences only, or none (make_batches is given one or the other).
     """
 
     items: list[Encoded]
@@ -205,6 +210,10 @@ class Batch:
     kind: torch.Tensor
     probe: torch.Tensor
     offset: torch.Tensor
+
+    @property
+    def is_continuation(self) -> bool:
+        return bool(len(self.kind)) and int(self.kind[0]) == CONTINUATION
 
     def to(self, device) -> "Batch":
         for name in ("input_ids", "attention_mask", "rows", "cols"):
@@ -220,16 +229,26 @@ def collate(items: list[Encoded], pad_id: int) -> Batch:
     for r, e in enumerate(items):
         ids[r, : len(e.ids)] = torch.tensor(e.ids)
         mask[r, : len(e.ids)] = 1
-        # Position n_prompt-1 predicts the first answer token (or is the bare next token).
-        for k in range(max(1, e.n_answer)):
+        for col, k, g, what in _scored(e):
             rows.append(r)
-            cols.append(e.n_prompt - 1 + k)
-            gold.append(e.ids[e.n_prompt + k] if e.n_answer else -1)
-            kind.append(NEXT if k == 0 else ANSWER)
+            cols.append(col)
+            gold.append(g)
+            kind.append(what)
             probe.append(e.index)
             offset.append(k)
     t = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
     return Batch(items, ids, mask, t(rows), t(cols), t(gold), t(kind), t(probe), t(offset))
+
+
+def _scored(e: Encoded):
+    """(column, offset, gold, kind) of each scored position of one sequence."""
+    if e.continuation:  # the position whose input is the k-th continuation token; the next position is NEXT's
+        for k in range(1, e.n_answer + 1):
+            yield e.n_prompt - 1 + k, k, -1, CONTINUATION
+        return
+    # Position n_prompt-1 predicts the first answer token (or is the bare next token).
+    for k in range(max(1, e.n_answer)):
+        yield e.n_prompt - 1 + k, k, (e.ids[e.n_prompt + k] if e.n_answer else -1), (NEXT if k == 0 else ANSWER)
 
 
 def pad_id(tokenizer) -> int:

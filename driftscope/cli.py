@@ -109,6 +109,7 @@ def compare(
     max_length: Annotated[Optional[int], typer.Option(help="Tokens per probe (default: the model's context).")] = None,
     chat_template: Annotated[str, typer.Option(help="auto, on or off: wrap prompts in the chat template.")] = "auto",
     fewshot: Annotated[Optional[int], typer.Option(help="Exemplars from the same suite before each prompt (default: the suite's own, else 0).")] = None,
+    continue_n: Annotated[int, typer.Option("--continue", metavar="N", help="Also score the base's greedy continuation of N tokens after each prompt, teacher-forced in both models, reported apart (0: off).")] = 0,
     cls: Annotated[Optional[list[str]], typer.Option("--class", help="Extra token class NAME=REGEX (repeatable).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder the run is written under.")] = Path("reports"),
     name: Annotated[Optional[str], typer.Option(help="Run folder name (default: time and model names).")] = None,
@@ -151,6 +152,7 @@ def compare(
                 progress=progress,
                 device=device, device_map=device_map, max_memory=max_memory, dtype=dtype, batch_size=batch_size, max_length=max_length,
                 chat_template=chat_template, fewshot=fewshot, seed=seed, allow_pickle=allow_pickle, thresholds=thresholds,
+                continue_n=continue_n,
                 html=not no_html, weights=not no_weights, layers=not no_layers, accuracy=not no_accuracy,
             )
         except KeyboardInterrupt as e:  # the run folder appears whole or not at all (DriftResult.to_dir)
@@ -181,6 +183,7 @@ def capture_cmd(
     max_length: Annotated[Optional[int], typer.Option(help="Tokens per probe (default: the model's context).")] = None,
     chat_template: Annotated[str, typer.Option(help="auto, on or off: wrap prompts in the chat template.")] = "auto",
     fewshot: Annotated[Optional[int], typer.Option(help="Exemplars from the same suite before each prompt.")] = None,
+    continue_n: Annotated[int, typer.Option("--continue", metavar="N", help="Also record the base's greedy continuation of N tokens after each prompt and its figures there; compare --base-cache then takes the same --continue N (0: off).")] = 0,
     cls: Annotated[Optional[list[str]], typer.Option("--class", help="Extra token class NAME=REGEX (repeatable).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for everything random.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing cache.")] = False,
@@ -198,7 +201,7 @@ def capture_cmd(
             cache = driftscope.capture_base(base, probes, out_dir, classes=parse_classes(cls or []), accuracy=not no_accuracy,
                                        overwrite=overwrite, progress=progress, top_k=top_k, device=device, dtype=dtype,
                                        batch_size=batch_size, max_length=max_length, chat_template=chat_template,
-                                       fewshot=fewshot, seed=seed, allow_pickle=allow_pickle)
+                                       fewshot=fewshot, seed=seed, allow_pickle=allow_pickle, continue_n=continue_n)
         except KeyboardInterrupt as e:
             raise e if isinstance(e, Interrupted) else Interrupted("nothing was written") from None
     _settle()
@@ -349,6 +352,10 @@ def print_headline(result) -> None:
     out.print(headline_table(result.checkpoints))
     for c in result.checkpoints:
         f = c["figures"]
+        if f.get("continuation"):
+            from driftscope.continuation import sentence
+
+            out.print(esc(f"later ({c['label']}): {sentence(f['continuation'])}"), highlight=False, soft_wrap=True)
         if f.get("layers", {}).get("sentence"):
             out.print(esc(f"where ({c['label']}): {f['layers']['sentence']}"), highlight=False, soft_wrap=True)
         notes = []

@@ -2,8 +2,9 @@
 
 `DriftAccumulator.update` turns a block of (base, tuned) log-probs into
 per-position figures, feeds the streaming reducers of each scope ("all" and
-every suite) and keeps one small row per position. `figures()` and the
-`*_table()` methods report.
+every suite over next and answer positions; with --continue, a scope of its own
+over the continuation positions, reported apart) and keeps one small row per
+position. `figures()` and the `*_table()` methods report.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from driftscope.capture import Block
+from driftscope.capture import CONTINUATION, KINDS, Block
+from driftscope.continuation import diverges_later
 from driftscope.metrics import divergence as D
 from driftscope.metrics.topk import cached_position_figures
 from driftscope.reducers import ClassMass, Moments, Sketch, TokenMovers
@@ -84,7 +86,8 @@ def class_groups(classes: ClassTable) -> torch.Tensor:
 
 
 class DriftAccumulator:
-    def __init__(self, label: str, suites: list[str], probe_suite: list[str], classes: ClassTable, vocab: int):
+    def __init__(self, label: str, suites: list[str], probe_suite: list[str], classes: ClassTable, vocab: int,
+                 continue_n: int = 0):
         if classes.width != vocab:  # one width for every vocabulary-sized structure (tokenclasses.vocab_width)
             raise ValueError(f"class table over {classes.width} ids against a vocabulary width of {vocab}")
         self.label = label
@@ -92,6 +95,9 @@ class DriftAccumulator:
         self.classes = classes
         self.probe_suite = probe_suite  # probe index -> suite name
         self.scopes = {"all": Scope(classes.names), **{s: Scope(classes.names) for s in suites}}
+        self.continue_n = continue_n  # --continue N: 0, no continuation figures
+        self.continuation = Scope(classes.names)  # continuation positions only, apart from every scope above
+        self.continuation_bound = Sketch()  # against a base cache: the bound on |KL error| there
         self.movers = TokenMovers(vocab)
         self.membership = classes.membership.double()  # (V, C)
         self.partition = classes.partition.double()  # (V, P)
@@ -113,8 +119,8 @@ class DriftAccumulator:
             return
         logp, logq = _neutral(logp, finite), _neutral(logq, finite)
         f, p_mass, q_mass, p, q = self._position_figures(logp, logq, block.pad(block.gold))
-        weight = torch.from_numpy(keep).double()
-        self.movers.update((weight @ p).numpy(), (weight @ q).numpy(), int(keep.sum()))
+        weight = torch.from_numpy(keep & self._headline(block)).double()  # token movers: next and answer positions
+        self.movers.update((weight @ p).numpy(), (weight @ q).numpy(), int(weight.sum()))
         del p, q
         self._record(block, keep, f, p_mass, q_mass, extra_q)
 
@@ -134,11 +140,14 @@ class DriftAccumulator:
         C = self.membership.shape[1]
         fig = cached_position_figures(base, logq, self.groups, block.pad(block.gold), partition=slice(C, None))
         f, p_mass, q_mass = self._finish(fig, fig["p_gold"], fig["q_gold"])
-        weight = torch.from_numpy(keep).double()
-        self.movers.update(np.zeros(self.vocab), (weight @ logq.exp()).numpy(), int(keep.sum()))
-        bound = fig["kl_bound"].numpy()[keep]
-        self.kl_bound.update(bound)
-        self.kl_bound_max = max(self.kl_bound_max, float(bound.max()))
+        headline = keep & self._headline(block)
+        weight = torch.from_numpy(headline).double()
+        self.movers.update(np.zeros(self.vocab), (weight @ logq.exp()).numpy(), int(headline.sum()))
+        bound = fig["kl_bound"].numpy()
+        if headline.any():
+            self.kl_bound.update(bound[headline])
+            self.kl_bound_max = max(self.kl_bound_max, float(bound[headline].max()))
+        self.continuation_bound.update(bound[keep & ~headline])
         self._record(block, keep, f, p_mass, q_mass, extra_q)
 
     def use_base_means(self, p_sum: np.ndarray, n: int) -> None:
@@ -149,7 +158,8 @@ class DriftAccumulator:
         """What the updates accumulated (no class table, no vocabulary texts): another shard's
         `merge_state` takes it."""
         return {"scopes": self.scopes, "movers": self.movers, "rows": self.rows, "new_token_mass": self.new_token_mass,
-                "kl_bound": self.kl_bound, "kl_bound_max": self.kl_bound_max}
+                "kl_bound": self.kl_bound, "kl_bound_max": self.kl_bound_max, "continuation": self.continuation,
+                "continuation_bound": self.continuation_bound}
 
     def merge_state(self, state: dict) -> None:
         for name, scope in state["scopes"].items():
@@ -159,6 +169,13 @@ class DriftAccumulator:
         self.new_token_mass.merge(state["new_token_mass"])
         self.kl_bound.merge(state["kl_bound"])
         self.kl_bound_max = max(self.kl_bound_max, state["kl_bound_max"])
+        self.continuation.merge(state["continuation"])
+        self.continuation_bound.merge(state["continuation_bound"])
+
+    @staticmethod
+    def _headline(block: Block) -> np.ndarray:
+        """(block.size,) the rows of next and answer positions: the headline figures' (not continuation)."""
+        return (block.pad(block.kind) != CONTINUATION).numpy()
 
     def _keep(self, block: Block, finite: torch.Tensor) -> np.ndarray | None:
         """(block.size,) rows to keep: real and finite; None when there is none. Counts the non-finite."""
@@ -172,14 +189,18 @@ class DriftAccumulator:
         """Feed the kept rows' figures to every scope's reducers and keep their table row."""
         f = {k: v[keep] for k, v in f.items()}
         p_mass, q_mass = p_mass[keep], q_mass[keep]
-        self.new_token_mass.update(extra_q.float().cpu().exp().numpy()[keep])
         kept = keep[: block.n]
         probe_np = block.probe.numpy()[kept]
+        cont = block.kind.numpy()[kept] == CONTINUATION
+        main = ~cont  # next and answer positions: the headline scopes
+        self.new_token_mass.update(extra_q.float().cpu().exp().numpy()[keep][main])
         suite_of = np.array([self.probe_suite[i] for i in probe_np])
-        everywhere = np.ones(len(probe_np), dtype=bool)
-        self.scopes["all"].update(f, everywhere, (p_mass, q_mass), probe_np)
-        for s in np.unique(suite_of):
-            self.scopes[s].update(f, suite_of == s, (p_mass, q_mass), probe_np)
+        if main.any():
+            self.scopes["all"].update(f, main, (p_mass, q_mass), probe_np)
+        for s in np.unique(suite_of[main]):
+            self.scopes[s].update(f, main & (suite_of == s), (p_mass, q_mass), probe_np)
+        if cont.any():
+            self.continuation.update(f, cont, (p_mass, q_mass), probe_np)
 
         row = {"probe": probe_np, "kind": block.kind.numpy()[kept], "offset": block.offset.numpy()[kept],
                "gold": block.gold.numpy()[kept], **f}
@@ -192,9 +213,10 @@ class DriftAccumulator:
         """bad: (block.n,) the real rows with a non-finite log-prob, per scope."""
         if not bad.any():
             return
-        probes = block.probe.numpy()[bad]
-        for probe in probes.tolist():
-            for scope in (self.scopes["all"], self.scopes[self.probe_suite[probe]]):
+        probes, kinds = block.probe.numpy()[bad], block.kind.numpy()[bad]
+        for probe, kind in zip(probes.tolist(), kinds.tolist()):
+            scopes = (self.continuation,) if kind == CONTINUATION else (self.scopes["all"], self.scopes[self.probe_suite[probe]])
+            for scope in scopes:
                 scope.nonfinite += 1
                 scope.nonfinite_probes.add(probe)
 
@@ -229,6 +251,19 @@ class DriftAccumulator:
         if self.kl_bound.n:  # scored against a base cache's top-k: KL is within these of the paired figure
             out["kl_cache_bound"] = {"mean": self.kl_bound.mean, "max": self.kl_bound_max}
         out["suites"] = {s: sc.figures() for s, sc in self.scopes.items() if s != "all"}
+        if self.continue_n:
+            out["continuation"] = self.continuation_figures()
+        return out
+
+    def continuation_figures(self) -> dict:
+        """The continuation positions' figures, as a scope's, and how often a probe diverges later."""
+        out = {"tokens": self.continue_n, **self.continuation.figures()}
+        del out["p_gold"], out["q_gold"]  # a continuation has no gold token
+        if self.continuation_bound.n:
+            out["kl_cache_bound"] = {"mean": self.continuation_bound.mean, "max": self.continuation_bound.summary()["max"]}
+        cols = {k: np.concatenate([r[k] for r in self.rows]) if self.rows else np.zeros(0)
+                for k in ("probe", "kind", "kl", "top1_agree")}
+        out["diverges_later"] = diverges_later(cols["probe"], cols["kind"], cols["kl"], cols["top1_agree"])
         return out
 
     def positions_table(self, probe_ids: list[str]) -> pl.DataFrame:
@@ -241,12 +276,13 @@ class DriftAccumulator:
             pl.Series("suite", [self.probe_suite[i] for i in probe]),
             pl.Series("probe_id", [probe_ids[i] for i in probe]),
             pl.Series("probe_index", probe, dtype=pl.Int64),
-            pl.col("kind").replace_strict({0: "next", 1: "answer"}, return_dtype=pl.String),
+            pl.col("kind").replace_strict(KINDS, return_dtype=pl.String),
             pl.col("base_top1", "tuned_top1", "gold").cast(pl.Int64),
             pl.col("top1_agree").cast(pl.Boolean),
         )
         first = ["checkpoint", "suite", "probe_id", "probe_index", "kind", "offset", "gold"]
-        return df.select(first + [c for c in df.columns if c not in first]).sort("probe_index", "offset")
+        order = ("probe_index", pl.col("kind") == "continuation", "offset")  # a probe's continuation after its answer
+        return df.select(first + [c for c in df.columns if c not in first]).sort(*order)
 
     def classes_table(self) -> pl.DataFrame:
         rows = []

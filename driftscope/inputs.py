@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from driftscope.capture import Batch, Encoded, encode_all, make_batches, pad_id, probe_chat, resolve_chat
 from driftscope.errors import DriftscopeError, ProbeError
@@ -33,6 +33,9 @@ class Inputs:
     vocab: int  # the one width of every (.., vocab) structure (tokenclasses.vocab_width)
     table: ClassTable
     classes: dict[str, str]  # extra token classes NAME -> REGEX
+    continue_n: int = 0  # --continue N: tokens of the base's continuation asked for (continuation.py)
+    continuation: dict[int, tuple[int, ...]] = field(default_factory=dict)  # probe index -> the base's tokens
+    continuations: list[Encoded] = field(default_factory=list)  # their sequences, batched after the others
 
     @property
     def suite_of(self) -> list[str]:
@@ -58,11 +61,15 @@ class Inputs:
         return [{"name": s.name, "version": s.version, "hash": s.hash} for s in self.suites]
 
     def digest(self) -> str:
-        """sha256 of every encoded probe (its ids and where scoring starts) and the class
-        table: two runs with equal digests show every model the same thing."""
+        """sha256 of every encoded probe (its ids and where scoring starts), every
+        continuation sequence and the class table: two runs with equal digests show
+        every model the same thing. Without continuations, the digest is what it
+        was before they existed (older base caches still match)."""
         h = hashlib.sha256()
         for e in self.encoded:
             h.update(json.dumps([e.index, e.ids, e.n_prompt, e.n_answer]).encode())
+        for e in self.continuations:
+            h.update(json.dumps(["continuation", e.index, e.ids, e.n_prompt]).encode())
         h.update(json.dumps([self.vocab, list(self.table.names), self.classes], sort_keys=True).encode())
         return h.hexdigest()
 

@@ -355,6 +355,11 @@ class LayerAccumulator:
         """Context manager for the base pass: the own-change pre-hooks (own_change.py)."""
         return self.own.hooks(base_state)
 
+    def skip(self) -> None:
+        """A batch left out of the layer figures (continuation positions): drop what its base pass's hooks kept."""
+        self.own.pending.clear()
+        self.own.out.clear()
+
     def own_pending(self) -> None:
         """Own change of components the tuned model shares with the base (an
         adapter's): call right after the tuned pass, with the checkpoint active."""

@@ -53,13 +53,16 @@ def paired_pass(base_ck: Checkpoint, scorers: list[Scorer], batches, vocab: int,
             release_free_memory()
             tick()
             for s, st in zip(scorers, states):
+                layered = s.layers is not None and not batch.is_continuation  # layer figures: next and answer positions
                 with s.ck.active():  # an adapter sharing the base: only it on
                     forward(s.ck.model, st, batch)
-                    if s.layers is not None:  # an adapter's own change, with it on (own_change.py)
+                    if layered:  # an adapter's own change, with it on (own_change.py)
                         s.layers.own_pending()
                 release_free_memory()
-                if s.layers is not None:  # base_state.modules was filled once by the base pass
+                if layered:  # base_state.modules was filled once by the base pass
                     s.layers.update(batch, base_state, st)
+                elif s.layers is not None:
+                    s.layers.skip()
                 tick()
             for block in blocks(batch, size):
                 with base_ck.active():

@@ -24,7 +24,7 @@ from driftscope.answers import OffsetEstimator, answer_items, tuned_answers
 from driftscope.assemble import assemble
 from driftscope.basecapture import BaseCapture, CacheMismatch, check_manifest
 from driftscope.cached import LAYERS_NOTE, cached_pass, expected_manifest, record_base
-from driftscope import distributed
+from driftscope import continuation, distributed
 from driftscope.distributed import (answer_shard, fail_if_testing, gather_answers, merge_offsets, merge_reducers,
                                     merge_shards)
 from driftscope.drift import DriftAccumulator
@@ -52,12 +52,14 @@ class Settings:
     device_map: str | None = None  # accelerate's device_map ("auto"...): a model bigger than one device
     max_memory: str | None = None  # with device_map: "0=20GiB,cpu=60GiB"
     top_k: int | None = None  # base cache: top-k log-probs kept per position (None: metrics.topk.default_k)
+    continue_n: int = 0  # --continue N: the base's greedy continuation of N tokens, scored apart; 0: off (README)
 
     def check(self) -> None:
         if self.batch_size < 1:
             raise DriftscopeError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.top_k is not None and self.top_k < 1:
             raise DriftscopeError(f"--top-k {self.top_k}: must be at least 1", "leave it unset for the measured default")
+        continuation.check(self.continue_n)
 
 
 class Progress:
@@ -180,6 +182,7 @@ def capture_base(base: str | Path, probes: list[str | Path] | None = None, out: 
         suites = load_suites(probes)
         base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
         inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck], s, classes)
+        _continue(base_ck, inputs, s)
     tick = Progress(progress, len(group.shard(inputs.batches)) + 1)
     cache = record_base(base_ck, inputs, k=s.top_k, seed=s.seed, accuracy=accuracy, batch_size=s.batch_size, tick=tick,
                         group=group)
@@ -194,6 +197,14 @@ def _prepare(suites, tokenizer, n_ctx: int | None, models: list[Checkpoint], s: 
     return prepare(suites, tokenizer, [c.model for c in models], n_ctx=n_ctx or 2048, chat_template=s.chat_template,
                    fewshot=s.fewshot, seed=s.seed, max_length=s.max_length, batch_size=s.batch_size, classes=classes,
                    vocab=vocab)
+
+
+def _continue(base_ck: Checkpoint, inputs: Inputs, s: Settings) -> None:
+    """--continue N: the base decodes its continuations; they join the inputs (continuation.py)."""
+    continuation.check(s.continue_n, inputs.max_length)
+    if s.continue_n:
+        tokens = continuation.decode(base_ck, inputs.encoded, s.continue_n, s.batch_size)
+        continuation.attach(inputs, tokens, s.continue_n, s.batch_size, base_ck.tokenizer)
 
 
 def _has_answers(inputs: Inputs, accuracy: bool) -> bool:
@@ -221,7 +232,8 @@ class _Run:
         self.memory.mark(phase)
 
     def scorer(self, ck: Checkpoint, base_tok, inputs: Inputs, layers=None) -> Scorer:
-        acc = DriftAccumulator(ck.label, [x.name for x in inputs.suites], inputs.suite_of, inputs.table, inputs.vocab)
+        acc = DriftAccumulator(ck.label, [x.name for x in inputs.suites], inputs.suite_of, inputs.table, inputs.vocab,
+                               inputs.continue_n)
         return Scorer(ck, align_vocab(base_tok, ck.tokenizer), acc, OffsetEstimator(len(inputs.probes), inputs.vocab, self.s.seed),
                       layers)
 
@@ -242,6 +254,7 @@ class _Run:
             pause_if_testing("loading")
             tuned_cks = [load_tuned(p, base_ck, label, s.allow_pickle) for p, label in zip(tuned_paths, _labels(tuned_paths))]
             inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck, *tuned_cks], s, classes)
+            _continue(base_ck, inputs, s)  # every rank decodes them all: the same tokens, whatever its shard
             scorers, notes = self._paired_scorers(base_ck, tuned_cks, inputs, layers)
         self.mark("loaded")
         answering = _has_answers(inputs, accuracy)
@@ -284,6 +297,7 @@ class _Run:
             base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
             pause_if_testing("loading")
             inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck], s, classes)
+            _continue(base_ck, inputs, s)
         self.mark("loaded")
         answering = _has_answers(inputs, accuracy)
         tick = Progress(progress, (len(group.shard(inputs.batches)) + 2 * answering) * (1 + len(tuned_paths)))
@@ -328,6 +342,9 @@ class _Run:
         tok = base_ck.tokenizer if base_ck else load_tokenizer(tuned_paths[0])
         n_ctx = base_ck.n_ctx if base_ck else cache.manifest.get("settings", {}).get("max_length")
         inputs = _prepare(suites, tok, n_ctx, [], s, classes, vocab=cache.vocab)
+        continuation.check(s.continue_n, inputs.max_length)
+        if s.continue_n:  # the base's tokens, as the cache recorded them
+            continuation.attach(inputs, continuation.from_cache(cache.items), s.continue_n, s.batch_size, tok)
         expect = expected_manifest(base_ck.fingerprint if base_ck else None, tok, inputs, s.seed,
                                    _has_answers(inputs, accuracy))
         check_manifest(cache.manifest, {"tokenizer": expect.pop("tokenizer"), **expect}, cache_path)

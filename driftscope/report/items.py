@@ -30,7 +30,10 @@ NUMBERS = (("kl_next", "KL next", "KL(base‖tuned) at the position after the pr
            ("kl_mean", "KL mean", "mean KL over the item's scored positions"),
            ("js_next", "JS next", "Jensen-Shannon at the next position"),
            ("numeric_shift_next", "numeric shift", "tuned minus base numeric-token mass at the next position"),
-           ("dlogp_answer", "Δ log p(answer)", "log q(answer) − log p(answer), teacher-forced"))
+           ("dlogp_answer", "Δ log p(answer)", "log q(answer) − log p(answer), teacher-forced"),
+           ("kl_continuation_max", "KL later", "largest KL along the base's greedy continuation (--continue)"),
+           ("continuation_fork_offset", "forks at", "first continuation token after which the tuned top-1 differs "
+                                                    "from the base's (--continue)"))
 CHANGE = ("correct_change", "correctness",
           "tuned vs base on the primary metric (choice items: choice log-likelihood; free items: greedy answer): "
           "lost, gained or same")

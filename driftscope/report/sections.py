@@ -88,8 +88,17 @@ def headline(summary: dict, meta: dict) -> str:
         f = c.get("figures", {})
         kind = f' <span class="note">{esc(c["kind"])}</span>' if c.get("kind") else ""
         parts.append(f'<div class="ckpt"><h3 title="{esc(c.get("path", ""))}">{esc(c.get("label"))}{kind}</h3>'
-                     f"{verdict_box(f)}{headline_cards(f)}</div>")
+                     f"{verdict_box(f)}{headline_cards(f)}{_continuation_note(f)}</div>")
     return section("headline", "Verdict and headline", "".join(parts) + "<h3>What produced these figures</h3>" + run_facts(summary, meta))
+
+
+def _continuation_note(f: dict) -> str:
+    """One line on the continuation positions (--continue), the terminal's line."""
+    if not f.get("continuation"):
+        return ""
+    from driftscope.continuation import sentence
+
+    return f'<p class="note">Later: {esc(sentence(f["continuation"]))}.</p>'
 
 
 def _class_shifts(sf: dict, top: int = 2) -> str:
