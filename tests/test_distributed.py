@@ -65,9 +65,12 @@ def test_a_failing_rank_stops_both_and_is_said_once(family, tmp_path):
     assert not (tmp_path / "fail").exists()
 
 
-def launch(cmd_args, procs: int):
+def launch(cmd_args, procs: int, accelerate: bool = False):
     launch_ = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"] if procs > 1 \
         else [sys.executable]
+    if accelerate:  # accelerate's multi-process launcher is torchrun underneath; on CPU the backend is gloo
+        launch_ = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(procs),
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([*launch_, "-m", "driftscope", *map(str, cmd_args)], capture_output=True, text=True, env=env,
                           timeout=300)
@@ -82,9 +85,9 @@ def cached_runs(family, tmp_path_factory):
         done = launch(["capture", family["base"], *probes, "--out", root / f"cache{procs}"], procs)
         assert done.returncode == 0, done.stderr
     models = [family["base"], family["tuned"], family["lora"]]
-    for procs in (1, 2):
+    for procs in (1, 2):  # 2 processes through accelerate launch
         done = launch(["compare", "--base-cache", root / "cache1", *models, *probes, "--out", root, "--name",
-                       f"cached{procs}", "--no-html"], procs)
+                       f"cached{procs}", "--no-html"], procs, accelerate=procs == 2)
         assert done.returncode == 0, done.stderr
     done = launch(["compare", "--sequential", *models, *probes, "--out", root, "--name", "sequential2", "--no-html"], 2)
     assert done.returncode == 0, done.stderr
@@ -106,8 +109,11 @@ def test_a_cache_captured_by_two_processes_is_the_one_process_cache(cached_runs)
 
 
 def test_two_processes_score_against_a_cache_as_one_does(cached_runs):
+    """Launched by accelerate launch (--base-cache) and torchrun (--sequential)."""
     one, two = (json.loads((cached_runs / name / "summary.json").read_text()) for name in ("cached1", "sequential2"))
     assert (cached_runs / "cached2" / "summary.json").read_bytes() == (cached_runs / "cached1" / "summary.json").read_bytes()
+    for name in ("cached2", "sequential2"):
+        assert json.loads((cached_runs / name / "meta.json").read_text())["processes"]["world_size"] == 2
     # --sequential on 2 processes: the same figures (only the settings say how it ran)
     assert [c["figures"] for c in two["checkpoints"]] == [c["figures"] for c in one["checkpoints"]]
 
