@@ -320,10 +320,15 @@ def base_answers(base_ck, probes, encoded, chat, max_length, batch_size, vocab, 
     with base_ck.active():  # adapters sharing the base: all off
         texts = job.generate(base_ck.model)
         ll, cnt, _ = job.choices(base_ck.model)
-    keys = [f"{i}:{j}" for i, j in job.keys]
+    keys = choice_keys(job.keys)
     return {"texts": {str(i): t for i, t in texts.items()},
             "choice_ll": {} if ll is None else dict(zip(keys, np.asarray(ll).tolist())),
             "choice_counts": {} if cnt is None else dict(zip(keys, np.asarray(cnt).tolist()))}
+
+
+def choice_keys(keys: list[tuple[int, int]]) -> list[str]:
+    """(probe, choice) keys as base_answers' JSON keys, "i:j"."""
+    return [f"{i}:{j}" for i, j in keys]
 
 
 def merge_base_answers(shards: list[dict]) -> dict:
@@ -344,7 +349,7 @@ def tuned_answers(ck, est, base: dict, tok, probes, encoded, chat, max_length, b
         t_ll, _, c_ll = job.choices(ck.model, est.for_probes)
     tick()
     base_texts = {int(i): t for i, t in base["texts"].items()}
-    keys = [f"{i}:{j}" for i, j in job.keys]
+    keys = choice_keys(job.keys)
     base_ll = np.asarray([base["choice_ll"][k] for k in keys]) if keys else None
     cnt = np.asarray([base["choice_counts"][k] for k in keys]) if keys else None
     return _items_frame(ck.label, probes, job.with_answer, job.keys, cnt,
