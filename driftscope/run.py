@@ -280,11 +280,11 @@ class _Run:
 
     def _paired_scorers(self, base_ck: Checkpoint, tuned_cks: list[Checkpoint], inputs: Inputs, layers: bool):
         s, notes = self.s, [c.warning for c in (base_ck, *tuned_cks) if c.warning]
-        head_cache: dict = {}  # the base head's (d, d) grams, computed once for all checkpoints
+        shared: dict = {}  # the base head's grams and the base's CKA grams, held once for all checkpoints
         scorers = []
         for ck in tuned_cks:
             la, note = (try_layer_accumulator(ck.label, base_ck.model, ck.model, inputs.table, inputs.vocab, seed=s.seed,
-                                              head_cache=head_cache) if layers else (None, None))
+                                              shared=shared) if layers else (None, None))
             scorers.append(self.scorer(ck, base_ck.tokenizer, inputs, la))
             notes += [note] if note else []
         return scorers, notes
@@ -391,7 +391,8 @@ class _Run:
             timings["merge_s"] = round(self.merge_s, 3)
         rss = facts.get("rss_mb", {})
         return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
-                "timings": timings, "processes": self.group.describe(), "peak_rss_mb": self.memory.peaks, "rss_mb": {k: v and round(v, 1) for k, v in rss.items()},
+                "timings": timings, "processes": self.group.describe(), "peak_rss_mb": self.memory.peaks,
+                "peak_cuda_mb": self.memory.cuda_peaks or None, "rss_mb": {k: v and round(v, 1) for k, v in rss.items()},
                 "python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
 
 

@@ -294,8 +294,8 @@ def test_one_base_capture_serves_several_checkpoints(models):
     base = models["llama"]
     t1, t2 = perturb(base, seed=5), perturb(base, seed=6)
     cache: dict = {}
-    a1 = LayerAccumulator("a", base, t1, CLASSES, V, head_cache=cache)
-    a2 = LayerAccumulator("b", base, t2, CLASSES, V, head_cache=cache)
+    a1 = LayerAccumulator("a", base, t1, CLASSES, V, shared=cache)
+    a2 = LayerAccumulator("b", base, t2, CLASSES, V, shared=cache)
     m1, m2 = a1.modules("base"), a2.modules("base")
     assert list(m1) == list(m2) and all(m1[k] is m2[k] for k in m1)
     assert a1.head_b is a2.head_b  # the base head's grams computed once
@@ -306,6 +306,9 @@ def test_one_base_capture_serves_several_checkpoints(models):
             for model, st, acc in ((t1, s1, a1), (t2, s2, a2)):
                 score(model, st, batch, V)
                 acc.update(batch, sb, st)
+    # the base's CKA gram X^T X is held and updated once: by a1, read by a2
+    assert all(c2._xx is None and c2.xx is c1.xx for c1, c2 in zip(a1.cka, a2.cka))
+    assert all(c.xx.abs().sum() > 0 for c in a1.cka)
     solo, _, _ = run(base, t2, data)
     shared, alone = a2.tables()["layers"], solo.tables()["layers"]
     for col in ("rel_l2", "cka", "lens_kl"):

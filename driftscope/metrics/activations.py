@@ -72,21 +72,37 @@ class CKAStats:
     Gaussian-sketch moments E||P^T M P||^2 = ||M||^2 + (tr(M^2) + tr(M)^2) / k,
     where tr(M) is kept exactly (sum of x.y) and tr(M^2) from the sketch.
     Remaining error on such data: about 0.01.
+
+    X^T X is the base's alone, the same for every checkpoint compared on the same
+    rows: with `xx_from` (a function returning another stats' X^T X) this one
+    keeps no X^T X of its own, reads that one's, and leaves updating it to that
+    one (whose update must see the same rows). Everything else stays per stats.
     """
 
     d: int
     proj: torch.Tensor | None = None  # (d, k) float64, or None for exact CKA
     device: torch.device | str = "cpu"
     n: int = 0
+    xx_from: Callable[[], torch.Tensor] | None = None
 
     def __post_init__(self):
         if self.proj is not None:
             self.proj = self.proj.to(self.device, torch.float64)
         k = self.k
         z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=self.device)  # noqa: E731
-        self.xx, self.yy, self.yx = z(k, k), z(k, k), z(k, k)
+        self._xx = None if self.xx_from else z(k, k)
+        self.yy, self.yx = z(k, k), z(k, k)
         self.sx, self.sy = z(self.d), z(self.d)  # column sums in the original space
         self.dots = z(3)  # sum x.x, sum y.y, sum y.x over rows, original space
+
+    @property
+    def xx(self) -> torch.Tensor:
+        return self.xx_from() if self.xx_from else self._xx
+
+    @property
+    def sums(self) -> tuple[str, ...]:
+        """The names of the sums this stats owns (and merges and reduces)."""
+        return self.SUMS[1:] if self.xx_from else self.SUMS
 
     @property
     def k(self) -> int:
@@ -104,7 +120,8 @@ class CKAStats:
         self.dots += torch.stack([(x * x).sum(), (y * y).sum(), (y * x).sum()])
         if self.proj is not None:
             x, y = x @ self.proj, y @ self.proj
-        self.xx += x.T @ x
+        if not self.xx_from:
+            self._xx += x.T @ x
         self.yy += y.T @ y
         self.yx += y.T @ x
 
@@ -117,9 +134,9 @@ class CKAStats:
         if not stats:
             return
         s0 = stats[0]
-        if any(s.d != s0.d or s.proj is not s0.proj and not torch.equal(s.proj, s0.proj) for s in stats[1:]) \
-                or x.shape[-1] != s0.d:
-            raise ValueError("update_stack needs stats of one shape and projection, rows of their width")
+        if any(s.d != s0.d or s.proj is not s0.proj and not torch.equal(s.proj, s0.proj)
+               or bool(s.xx_from) != bool(s0.xx_from) for s in stats[1:]) or x.shape[-1] != s0.d:
+            raise ValueError("update_stack needs stats of one shape, projection and sharing, rows of their width")
         x = x.to(s0.device, torch.float64)
         y = y.to(s0.device, torch.float64)
         sx, sy = x.sum(1), y.sum(1)
@@ -127,13 +144,15 @@ class CKAStats:
         if s0.proj is not None:
             x, y = x @ s0.proj, y @ s0.proj
         xt, yt = x.transpose(1, 2), y.transpose(1, 2)
-        xx, yy, yx = xt @ x, yt @ y, yt @ x
+        xx = None if s0.xx_from else xt @ x
+        yy, yx = yt @ y, yt @ x
         for j, s in enumerate(stats):
             s.n += x.shape[1]
             s.sx += sx[j]
             s.sy += sy[j]
             s.dots += dots[j]
-            s.xx += xx[j]
+            if xx is not None:
+                s._xx += xx[j]
             s.yy += yy[j]
             s.yx += yx[j]
 
@@ -141,7 +160,7 @@ class CKAStats:
 
     def merge(self, other: CKAStats) -> CKAStats:
         self.n += other.n
-        for name in self.SUMS:
+        for name in self.sums:
             getattr(self, name).add_(getattr(other, name).to(self.device))
         return self
 

@@ -1,11 +1,12 @@
 """The drift loop a user writes by hand: full logits, log_softmax, KL at the next token.
 
-    python -m driftscope.peers.handwritten BASE TUNED PROBES.jsonl [BATCH]
+    python -m driftscope.peers.handwritten BASE TUNED PROBES.jsonl [BATCH [DEVICE [DTYPE]]]
 
 Plain transformers and torch, no driftscope: each prompt is tokenised (left
 padding, so the last column is every row's next-token position), both models
 run with their full (batch, length, vocab) logits, and KL(p||q) is taken at the
-last position. Prints one JSON line: load and loop seconds, positions, KL mean.
+last position (in float64, as driftscope does). DEVICE (cpu) and DTYPE (float32)
+are what the models load to, as a user would write `.to("cuda")`. Prints one JSON line: load and loop seconds, positions, KL mean.
 The benchmark runs it beside compare on the same probes.
 """
 
@@ -19,23 +20,23 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
-def main(base: str, tuned: str, probes: str, batch_size: int = 16) -> dict:
+def main(base: str, tuned: str, probes: str, batch_size: int = 16, device: str = "cpu", dtype: str = "float32") -> dict:
     prompts = [row["prompt"] for row in map(json.loads, open(probes)) if "prompt" in row]
     start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(base)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    p_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    q_model = AutoModelForCausalLM.from_pretrained(tuned, dtype=torch.float32).eval()
+    p_model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype)).to(device).eval()
+    q_model = AutoModelForCausalLM.from_pretrained(tuned, dtype=getattr(torch, dtype)).to(device).eval()
     loaded = time.perf_counter()
     kls = []
     with torch.inference_mode():
         for i in range(0, len(prompts), batch_size):
-            enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+            enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
             logp = torch.log_softmax(p_model(**enc).logits[:, -1].double(), -1)
             logq = torch.log_softmax(q_model(**enc).logits[:, -1].double(), -1)
-            kls.append((logp.exp() * (logp - logq)).sum(-1))
+            kls.append((logp.exp() * (logp - logq)).sum(-1).cpu())
     done = time.perf_counter()
     kl = torch.cat(kls)
     return {"load_s": loaded - start, "seconds": done - loaded, "positions": len(kl), "kl_mean": kl.mean().item()}
@@ -43,4 +44,4 @@ def main(base: str, tuned: str, probes: str, batch_size: int = 16) -> dict:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    print(json.dumps(main(args[0], args[1], args[2], *(int(a) for a in args[3:]))))
+    print(json.dumps(main(args[0], args[1], args[2], *(int(a) for a in args[3:4]), *args[4:6])))
