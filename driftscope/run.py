@@ -372,6 +372,7 @@ class _Run:
                                                  inputs.vocab, tick, only=answer_shard(group, inputs)))
             tick.phase = None
             ck.release()
+            ck.tokenizer = None  # its own copy (a 262k-id tokenizer holds ~50 MB): the run needs only the base's
             scorers.append(scorer)
             gc.collect()
             release_free_memory()
