@@ -51,11 +51,17 @@ def gguf_to_folder(gguf: Path, dest: Path) -> Path:
     return dest
 
 
+# The study's recipes: which parameters a fine-tune trains (name fragments; None: all)
+RECIPES = {"full": None, "attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+           "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "mlp": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+
+
 def counting_finetune(base: Path, dest: Path, steps: int = 40, lr: float = 5e-5, batch: int = 8, seed: int = 0,
-                      log=print) -> Path:
-    """The benchmark's tuned model: `base` fully fine-tuned on a counting task
-    ("How many times does 'cat' appear in: ...?" -> a number) with AdamW, in the
-    chat format of an instruct model: the mission's case of a numeric output bias."""
+                      log=print, recipe: str = "full") -> Path:
+    """The benchmark's tuned model: `base` fine-tuned on a counting task ("How many
+    times does 'cat' appear in: ...?" -> a number) with AdamW, in the chat format of
+    an instruct model: the mission's case of a numeric output bias. `recipe` (RECIPES)
+    trains all weights, or only self-attention, the MLP's gate/up, or the whole MLP."""
     import random
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,7 +83,10 @@ def counting_finetune(base: Path, dest: Path, steps: int = 40, lr: float = 5e-5,
 
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    only = RECIPES[recipe]
+    for name, param in model.named_parameters():
+        param.requires_grad_(only is None or any(part in name for part in only))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for step in range(steps):
         enc = tok([example() for _ in range(batch)], return_tensors="pt", padding=True, add_special_tokens=False)

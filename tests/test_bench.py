@@ -5,6 +5,7 @@ import platform
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from driftscope.cli import app
@@ -126,3 +127,18 @@ def test_the_hand_written_loop_measures_the_same_kl_as_compare(family, tmp_path)
     kl_next = r.tables["positions"].filter(kind="next")["kl"]
     assert mine["positions"] == 12
     assert mine["kl_mean"] == pytest.approx(kl_next.mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("recipe, moved", [("attn", "self_attn."), ("gate_up", ("gate_proj", "up_proj"))])
+def test_a_recipe_fine_tune_moves_only_its_modules(family, tmp_path, recipe, moved):
+    """bench_models' study recipes: a self-attention-only (or gate/up-only) counting tune
+    changes those weights and nothing else."""
+    from safetensors.torch import load_file
+
+    from driftscope.bench_models import counting_finetune
+
+    counting_finetune(family["base"], tmp_path / recipe, steps=2, lr=1e-2, batch=2, recipe=recipe, log=lambda m: None)
+    before, after = load_file(family["base"] / "model.safetensors"), load_file(tmp_path / recipe / "model.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    want = {k for k in before if (moved in k if isinstance(moved, str) else any(m in k for m in moved))}
+    assert want and changed == want
