@@ -30,8 +30,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from driftscope.capture import (NEXT, Batch, Block, Encoded, block_rows, blocks, capture, decoding_prompt, encode, pad_id,
                                 forward, header_text, make_batches, project_block)
+from driftscope.choices import choice_logliks_shared
 from driftscope.memory import release_free_memory
-from driftscope.placement import input_device
 
 FOLDS = 5  # cross-fitting folds: each offset is estimated on 80% of the items
 MAX_NEW = 24  # the most tokens decoded per answer
@@ -364,14 +364,14 @@ class _AnswerJob:
         mine = (lambda i: True) if only is None else (lambda i: i in only)  # noqa: E731
         self.with_answer = [e for e in encoded if probes[e.index].answer is not None and mine(e.index)]
         self.seqs, self.keys = choice_sequences(probes, tok, chat, max_length, mine)
-        device = input_device(model)
-        self.batches = batches_for(self.seqs, batch_size, tok, device) if self.seqs else []
 
     def choices(self, model, offsets_of=None):
-        """One pass gives the plain and, with offsets, the corrected log-likelihoods."""
+        """One pass gives the plain and, with offsets, the corrected log-likelihoods; each
+        item's prompt runs once for all its choices (choices.py)."""
         if not self.seqs:
             return None, None, None
-        return choice_logliks(model, self.batches, len(self.seqs), self.vocab, offsets_of, self.keys)
+        return choice_logliks_shared(model, self.seqs, self.keys, self.batch_size, pad_id(self.tok), self.vocab,
+                                     offsets_of)
 
     def generate(self, model, offsets_of=None):
         return generate_all(model, self.tok, self.with_answer, self.batch_size, offsets_of, self.vocab)

@@ -97,7 +97,7 @@ def parse_classes(specs: list[str]) -> dict[str, str]:
 def compare(
     base: Annotated[Path, typer.Argument(help="Base model folder (optional with --base-cache).")],
     tuned: Annotated[Optional[list[Path]], typer.Argument(help="Tuned model or PEFT adapter folders; several give drift over training.")] = None,
-    probes: Annotated[Optional[list[str]], typer.Option("--probes", "-p", help="Suite file or built-in suite name (repeatable). Default: general.")] = None,
+    probes: Annotated[Optional[list[str]], typer.Option("--probes", "-p", help="Suite file or built-in suite name (repeatable). Default: world_knowledge, yes_no and commonsense (571 choice items).")] = None,
     sequential: Annotated[bool, typer.Option(help="One model resident at a time: the base captured and freed, then each checkpoint in turn (KL bounded, no layer figures).")] = False,
     base_cache: Annotated[Optional[Path], typer.Option(help="Score against a base cache written by `driftscope capture` (BASE then optional).")] = None,
     top_k: Annotated[Optional[int], typer.Option(help="With --sequential: base log-probs kept per position, k top ids and k sampled from the tail (default: chosen by vocabulary size).")] = None,
@@ -175,7 +175,7 @@ def compare(
 def capture_cmd(
     base: Annotated[Path, typer.Argument(help="Base model folder.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Cache folder to write.")],
-    probes: Annotated[Optional[list[str]], typer.Option("--probes", "-p", help="Suite file or built-in suite name (repeatable). Default: general.")] = None,
+    probes: Annotated[Optional[list[str]], typer.Option("--probes", "-p", help="Suite file or built-in suite name (repeatable). Default: world_knowledge, yes_no and commonsense (571 choice items).")] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Base log-probs kept per position, k top ids and k sampled from the tail (default: chosen by vocabulary size).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",

@@ -18,7 +18,7 @@ from driftscope.fewshot import with_shots
 from driftscope.probes import Probe, ProbeSuite, load_suite
 from driftscope.tokenclasses import ClassTable, classes_for, vocab_width
 
-DEFAULT_SUITES = ("general",)
+DEFAULT_SUITES = ("world_knowledge", "yes_no", "commonsense")  # 571 choice items: README "The default probes"
 
 
 @dataclass

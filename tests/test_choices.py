@@ -1,0 +1,110 @@
+"""Choice log-likelihoods with each item's prompt run once (driftscope.choices) equal
+those of the full prompt + choice sequences (answers.choice_logliks, itself checked
+against lm-eval's split and a direct log-softmax in test_encode.py), on tiny random
+models of several families, for plain and bias-corrected scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers.cache_utils  # noqa: F401
+import transformers as tf
+
+from driftscope.answers import batches_for, choice_logliks, pick
+from driftscope.capture import Encoded
+from driftscope.choices import choice_logliks_shared, shared_prompt_groups
+from test_architectures import CASES, VOCAB, tiny
+
+PAD = 0
+
+
+class _Tok:  # all batches_for needs of a tokenizer
+    pad_token_id = PAD
+
+
+def items(n: int, seed: int = 0, ragged: bool = True) -> tuple[list[Encoded], list[tuple[int, int]]]:
+    """n items of random ids: a prompt of 3-12 tokens and 2-4 choices of 1-4 tokens each."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
+    seqs, keys = [], []
+    for i in range(n):
+        prompt = torch.randint(3, VOCAB, (rand(3, 12),), generator=g).tolist()
+        for j in range(rand(2, 4)):
+            choice = torch.randint(3, VOCAB, (rand(1, 4) if ragged else 1,), generator=g).tolist()
+            seqs.append(Encoded(len(seqs), tuple(prompt + choice), len(prompt), len(choice), 0))
+            keys.append((i, j))
+    return seqs, keys
+
+
+def offsets_fn(n_items: int, seed: int = 1):
+    table = torch.randn(n_items, VOCAB, generator=torch.Generator().manual_seed(seed)) * 0.5
+    return lambda probe: table[probe]
+
+
+def both(model, seqs, keys, offsets_of=None, batch_size=3):
+    full = choice_logliks(model, batches_for(seqs, batch_size, _Tok, "cpu"), len(seqs), VOCAB, offsets_of, keys)
+    shared = choice_logliks_shared(model, seqs, keys, batch_size, PAD, VOCAB, offsets_of)
+    return full, shared
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "phi", "gpt_neox"])
+def test_a_shared_prompt_scores_as_the_full_sequences(family):
+    model = tiny(CASES[family][0]())
+    seqs, keys = items(10)
+    groups, rest = shared_prompt_groups(seqs, keys)
+    assert len(groups) == 10 and rest == []
+    (ll, count, corr), (ll2, count2, corr2) = both(model, seqs, keys, offsets_fn(10))
+    assert np.array_equal(count, count2) and count.sum() == sum(e.n_answer for e in seqs)
+    np.testing.assert_allclose(ll2, ll, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(corr2, corr, rtol=0, atol=2e-5)
+    assert pick(ll2, keys, 10) == pick(ll, keys, 10)
+    assert pick(ll2, keys, 10, count2) == pick(ll, keys, 10, count)
+
+
+def test_single_token_choices_need_no_second_pass():
+    model = tiny(CASES["llama"][0]())
+    seqs, keys = items(6, ragged=False)
+    (ll, count, _), (ll2, count2, _) = both(model, seqs, keys)
+    assert np.array_equal(count, count2) and set(count2) == {1}
+    np.testing.assert_allclose(ll2, ll, rtol=0, atol=2e-5)
+
+
+def test_items_whose_choices_do_not_share_the_prompt_take_the_full_sequences():
+    """A prompt cut differently for each choice (max_length) cannot be shared: those
+    items go the old way, in place among the others."""
+    model = tiny(CASES["llama"][0]())
+    seqs, keys = items(5)
+    s = next(k for k, (i, _) in enumerate(keys) if i == 2)  # item 2's first choice: its prompt loses a token
+    e = seqs[s]
+    seqs[s] = Encoded(e.index, e.ids[1:], e.n_prompt - 1, e.n_answer, 1)
+    groups, rest = shared_prompt_groups(seqs, keys)
+    assert len(groups) == 4 and {keys[r][0] for r in rest} == {2}
+    (ll, count, corr), (ll2, count2, corr2) = both(model, seqs, keys, offsets_fn(5))
+    assert np.array_equal(count, count2)
+    np.testing.assert_allclose(ll2, ll, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(corr2, corr, rtol=0, atol=2e-5)
+
+
+def test_an_adapter_scores_the_same_both_ways():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(3)
+    model = get_peft_model(tiny(CASES["llama"][0]()), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                  init_lora_weights=False)).eval()
+    seqs, keys = items(6, seed=4)
+    (ll, _, _), (ll2, _, _) = both(model, seqs, keys)
+    np.testing.assert_allclose(ll2, ll, rtol=0, atol=2e-5)
+    with model.disable_adapter():  # the base, through the same wrapper
+        (lb, _, _), (lb2, _, _) = both(model, seqs, keys)
+    np.testing.assert_allclose(lb2, lb, rtol=0, atol=2e-5)
+    assert np.abs(lb - ll).max() > 1e-3  # the adapter moved the scores
+
+
+def test_a_cache_that_cannot_be_copied_per_choice_falls_back(monkeypatch):
+    model = tiny(CASES["llama"][0]())
+    seqs, keys = items(4)
+    monkeypatch.delattr(tf.cache_utils.Cache, "batch_select_indices")
+    (ll, count, _), (ll2, count2, _) = both(model, seqs, keys)
+    assert np.array_equal(count, count2)
+    np.testing.assert_allclose(ll2, ll, rtol=0, atol=2e-5)
