@@ -136,21 +136,36 @@ def _add(ll, ll_corr, count, seq: list[int], plain: np.ndarray, corrected: np.nd
     np.add.at(count, seq, 1)
 
 
+def _batched(groups: list[list[int]], batch_size: int):
+    """Items in batches of at most `batch_size` choice rows (one item's choices always
+    together): the per-choice KV cache then holds no more rows than a full-sequence batch."""
+    batch, rows = [], 0
+    for g in groups:
+        if batch and rows + len(g) > batch_size:
+            yield batch
+            batch, rows = [], 0
+        batch.append(g)
+        rows += len(g)
+    if batch:
+        yield batch
+
+
 def choice_logliks_shared(model, seqs: list[Encoded], keys: list[tuple[int, int]], batch_size: int, pad: int, vocab: int,
                           offsets_of=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(loglik, n_tokens, corrected loglik) per choice sequence, as answers.choice_logliks,
-    the shared prompt run once per item; `batch_size` items at a time, by prompt length."""
+    the shared prompt run once per item; items in order of prompt length, `batch_size`
+    choice rows at a time."""
     from driftscope.answers import choice_logliks
     from driftscope.memory import release_free_memory
 
     ll, ll_corr, count = np.zeros(len(seqs)), np.zeros(len(seqs)), np.zeros(len(seqs))
     groups, rest = shared_prompt_groups(seqs, keys)
     groups.sort(key=lambda g: (seqs[g[0]].n_prompt, keys[g[0]][0]))
-    for i in range(0, len(groups), batch_size):
+    for batch in _batched(groups, batch_size):
         try:
-            _score_groups(model, seqs, keys, groups[i:i + batch_size], pad, vocab, offsets_of, ll, ll_corr, count)
+            _score_groups(model, seqs, keys, batch, pad, vocab, offsets_of, ll, ll_corr, count)
         except _NoCacheSelect:
-            rest += [s for g in groups[i:i + batch_size] for s in g]
+            rest += [s for g in batch for s in g]
         release_free_memory()
     if rest:  # the full sequences, renumbered for choice_logliks and put back in place
         sub = [dataclasses.replace(seqs[s], index=n) for n, s in enumerate(rest)]
