@@ -423,3 +423,14 @@ def test_probes_list_shows_every_suite_with_its_counts_in_80_columns():
         row = next(line for line in lines if line.split() and line.split()[0] == name)
         n_mc = sum(p.is_choice for p in suite.probes)
         assert row.split()[1:5] == [suite.version, str(len(suite)), str(suite.n_with_answer), str(n_mc)]
+
+
+def test_the_default_probes_are_the_571_choice_items_the_readme_measured():
+    """No --probes: world_knowledge, yes_no and commonsense, every item multiple choice
+    (scored by choice log-likelihood, the primary metric); README "The default probes"."""
+    from driftscope.inputs import load_suites
+
+    suites = load_suites(None)
+    assert [s.name for s in suites] == ["world_knowledge", "yes_no", "commonsense"]
+    items = [p for s in suites for p in s.probes]
+    assert len(items) == 571 and all(p.choices and p.answer in p.choices for p in items)

@@ -27,7 +27,7 @@ def runs(family, tmp_path_factory):
     paired = driftscope.compare(family["base"], tuned, ["general"], name="paired", **common)
     sequential = driftscope.compare(family["base"], tuned, ["general"], name="sequential", sequential=True, **common)
     cache = root / "cache"
-    done = subprocess.run([sys.executable, "-m", "driftscope", "capture", str(family["base"]), "--out", str(cache)],
+    done = subprocess.run([sys.executable, "-m", "driftscope", "capture", str(family["base"]), "--probes", "general", "--out", str(cache)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     cached = driftscope.compare(family["base"], tuned, ["general"], name="cached", base_cache=cache, **common)
