@@ -117,9 +117,9 @@ def test_non_finite_logits_are_reported_and_the_run_goes_on(family, tmp_path):
 
 
 def test_existing_run_is_not_overwritten(family, tmp_path):
-    assert compare(family, family["copy"], tmp_path, "--name", "same").exit_code == 0
+    assert compare(family, family["copy"], tmp_path, "--name", "same", "--probes", "general").exit_code == 0
     before = (tmp_path / "runs" / "same" / "summary.json").read_bytes()
-    assert_usage_error(compare(family, family["copy"], tmp_path, "--name", "same"), "already exists", "--overwrite")
+    assert_usage_error(compare(family, family["copy"], tmp_path, "--name", "same", "--probes", "general"), "already exists", "--overwrite")
     assert (tmp_path / "runs" / "same" / "summary.json").read_bytes() == before
 
 
