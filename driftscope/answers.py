@@ -30,7 +30,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from driftscope.capture import (NEXT, Batch, Block, Encoded, block_rows, blocks, capture, decoding_prompt, encode, pad_id,
                                 forward, header_text, make_batches, project_block)
-from driftscope.choices import choice_logliks_shared
+from driftscope.choices import choice_logliks_shared, left_padded
 from driftscope.memory import release_free_memory
 
 FOLDS = 5  # cross-fitting folds: each offset is estimated on 80% of the items
@@ -181,13 +181,7 @@ def greedy(model, prompts: list[list[int]], max_new: int | list[int], pad: int, 
     at every step."""
     budgets = torch.tensor(max_new if isinstance(max_new, list) else [max_new] * len(prompts))
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p)
-        mask[r, width - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = left_padded(prompts, pad, device)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)

@@ -42,7 +42,7 @@ def shared_prompt_groups(seqs: list[Encoded], keys: list[tuple[int, int]]) -> tu
     return groups, rest
 
 
-def _left_padded(prompts: list[tuple[int, ...]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(prompts: list[tuple[int, ...]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -83,7 +83,7 @@ def _score_groups(model, seqs, keys, groups, pad, vocab, offsets_of, ll, ll_corr
     device = input_device(model)
     size = block_rows(vocab)
     first = [seqs[g[0]] for g in groups]
-    ids, mask = _left_padded([e.ids[: e.n_prompt] for e in first], pad, device)
+    ids, mask = left_padded([e.ids[: e.n_prompt] for e in first], pad, device)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     members = [s for g in groups for s in g]
     item_of = torch.tensor([j for j, g in enumerate(groups) for _ in g], device=device)
