@@ -171,7 +171,6 @@ def is_match(generated: str, gold: str, choices: tuple[str, ...] | None = None) 
     return not any(not any(a <= x and y <= b for a, b in hits) for c in others for x, y in _spans(c, sentence))
 
 
-@torch.inference_mode()
 def greedy(model, prompts: list[list[int]], max_new: int | list[int], pad: int, eos_id: int | None,
            offsets: torch.Tensor | None = None, vocab: int | None = None) -> list[list[int]]:
     """Greedy decoding of a left-padded batch with the KV cache: each row up to its
@@ -179,23 +178,50 @@ def greedy(model, prompts: list[list[int]], max_new: int | list[int], pad: int, 
     position stops advancing, so no row runs past the context it was fitted to.
     `offsets` (B, vocab), when given, is subtracted from the logits of ids [0, vocab)
     at every step."""
-    budgets = torch.tensor(max_new if isinstance(max_new, list) else [max_new] * len(prompts))
+    return greedy_variants(model, prompts, max_new, pad, eos_id, [offsets], vocab)[0]
+
+
+@torch.inference_mode()
+def greedy_variants(model, prompts: list[list[int]], max_new: int | list[int], pad: int, eos_id: int | None,
+                    variants: list[torch.Tensor | None], vocab: int | None = None) -> list[list[list[int]]]:
+    """`greedy` under each logit offset of `variants` (None: the plain logits), from one
+    prefill of the prompts: the prompts' KV cache is copied once per variant and the
+    variants decode together, as one batch. Returns one list of answers per variant."""
+    b, k = len(prompts), len(variants)
+    budgets = torch.tensor(max_new if isinstance(max_new, list) else [max_new] * b).repeat(k)
     device = next(model.parameters()).device
     ids, mask = left_padded(prompts, pad, device)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    budgets = budgets.to(device)
-    new: list[list[int]] = [[] for _ in prompts]
-    last = pos[:, -1]
+    logits, cache = out.logits[:, -1], getattr(out, CACHE)
+    if k > 1:
+        copy = torch.arange(b).repeat(k)  # variant v's row r is row v*b + r
+        if hasattr(cache, "batch_select_indices"):
+            cache.batch_select_indices(copy)
+        else:  # a cache that cannot be copied: prefill every variant's rows
+            out = model(input_ids=ids[copy], attention_mask=mask[copy], position_ids=pos[copy], use_cache=True,
+                        logits_to_keep=1)
+            cache = getattr(out, CACHE)
+        logits, mask, pos = logits[copy.to(device)], mask[copy.to(device)], pos[copy.to(device)]
+    shift = None
+    if any(v is not None for v in variants):
+        shift = torch.cat([torch.zeros(b, vocab) if v is None else v.float().cpu() for v in variants]).to(device)
+    rows = _decode(model, logits, cache, mask, pos[:, -1], budgets.to(device), eos_id, shift)
+    return [rows[v * b:(v + 1) * b] for v in range(k)]
+
+
+def _decode(model, logits, cache, mask, last, budgets, eos_id, shift) -> list[list[int]]:
+    """The decoding loop of greedy_variants, from the prefill's last logits (R, V) and cache."""
+    done = torch.zeros(len(budgets), dtype=torch.bool, device=budgets.device)
+    new: list[list[int]] = [[] for _ in range(len(budgets))]
     for step in range(int(budgets.max())):
-        logits = out.logits[:, -1].float()
-        if offsets is not None:
-            logits[:, :vocab] -= offsets.to(device)
+        logits = logits.float()
+        if shift is not None:
+            logits[:, : shift.shape[1]] -= shift
         nxt = logits.argmax(-1)
-        for r in range(len(prompts)):
-            if not done[r]:
-                new[r].append(int(nxt[r]))
+        for r, (t, finished) in enumerate(zip(nxt.tolist(), done.tolist())):
+            if not finished:
+                new[r].append(t)
         done |= budgets <= step + 1
         if eos_id is not None:
             done |= nxt == eos_id
@@ -204,7 +230,8 @@ def greedy(model, prompts: list[list[int]], max_new: int | list[int], pad: int, 
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         last = torch.where(done, last, last + 1)
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
-                    **{CACHE: getattr(out, CACHE)}, use_cache=True, logits_to_keep=1)
+                    **{CACHE: cache}, use_cache=True, logits_to_keep=1)
+        logits, cache = out.logits[:, -1], getattr(out, CACHE)
     return new
 
 
@@ -218,19 +245,22 @@ def decoding_budget(e: Encoded) -> int:
     return max(1, want if e.max_length is None else min(want, e.max_length - e.n_head - 1))
 
 
-def generate_all(model, tok, encoded: list[Encoded], batch_size: int, offsets_of=None, vocab=None) -> dict[int, str]:
-    """Greedy answers for every encoded probe (prompt part only): index -> text,
-    each decoded to its own budget."""
+def generate_all(model, tok, encoded: list[Encoded], batch_size: int, variants=(None,), vocab=None) -> list[dict[int, str]]:
+    """Greedy answers for every encoded probe (prompt part only), each decoded to its own
+    budget, under each variant: None for the plain logits, or a function from probe indices
+    to the (N, vocab) offsets to subtract. One dict index -> text per variant; the variants
+    share each batch's prefill (greedy_variants)."""
     order = sorted(encoded, key=lambda e: (e.n_prompt, e.index))
-    texts = {}
+    texts: list[dict[int, str]] = [{} for _ in variants]
     for i in range(0, len(order), batch_size):
         chunk = order[i : i + batch_size]
         budgets = [decoding_budget(e) for e in chunk]
-        offs = offsets_of(torch.tensor([e.index for e in chunk])) if offsets_of else None
-        outs = greedy(model, [decoding_prompt(e, b) for e, b in zip(chunk, budgets)], budgets, pad_id(tok),
-                      tok.eos_token_id, offs, vocab)
-        for e, ids in zip(chunk, outs):
-            texts[e.index] = tok.decode(ids, skip_special_tokens=True)
+        index = torch.tensor([e.index for e in chunk])
+        outs = greedy_variants(model, [decoding_prompt(e, b) for e, b in zip(chunk, budgets)], budgets, pad_id(tok),
+                               tok.eos_token_id, [None if v is None else v(index) for v in variants], vocab)
+        for got, rows in zip(texts, outs):
+            for e, ids in zip(chunk, rows):
+                got[e.index] = tok.decode(ids, skip_special_tokens=True)
         release_free_memory()  # the KV cache of this batch (see driftscope.memory)
     return texts
 
@@ -312,7 +342,7 @@ def base_answers(base_ck, probes, encoded, chat, max_length, batch_size, vocab, 
     {"i:j": tokens}} for probe i, choice j."""
     job = _AnswerJob(base_ck.tokenizer, base_ck.model, probes, encoded, chat, max_length, batch_size, vocab, only)
     with base_ck.active():  # adapters sharing the base: all off
-        texts = job.generate(base_ck.model)
+        [texts] = job.generate(base_ck.model)
         ll, cnt, _ = job.choices(base_ck.model)
     keys = choice_keys(job.keys)
     return {"texts": {str(i): t for i, t in texts.items()},
@@ -336,10 +366,8 @@ def tuned_answers(ck, est, base: dict, tok, probes, encoded, chat, max_length, b
     the probes encoded with `tok` (the base's): a polars frame."""
     job = _AnswerJob(tok, ck.model, probes, encoded, chat, max_length, batch_size, vocab, only)
     with ck.active():  # an adapter sharing the base: only it on
-        t_texts = job.generate(ck.model)
-    tick()
-    with ck.active():
-        c_texts = job.generate(ck.model, est.for_probes)
+        t_texts, c_texts = job.generate(ck.model, (None, est.for_probes))
+        tick()
         t_ll, _, c_ll = job.choices(ck.model, est.for_probes)
     tick()
     base_texts = {int(i): t for i, t in base["texts"].items()}
@@ -367,8 +395,8 @@ class _AnswerJob:
         return choice_logliks_shared(model, self.seqs, self.keys, self.batch_size, pad_id(self.tok), self.vocab,
                                      offsets_of)
 
-    def generate(self, model, offsets_of=None):
-        return generate_all(model, self.tok, self.with_answer, self.batch_size, offsets_of, self.vocab)
+    def generate(self, model, variants=(None,)):
+        return generate_all(model, self.tok, self.with_answer, self.batch_size, variants, self.vocab)
 
 
 def _items_frame(label, probes, with_answer, keys, cnt, base, tuned, corrected) -> pl.DataFrame:

@@ -11,7 +11,7 @@ import torch
 import transformers.cache_utils  # noqa: F401
 import transformers as tf
 
-from driftscope.answers import batches_for, choice_logliks, pick
+from driftscope.answers import batches_for, choice_logliks, greedy, greedy_variants, pick
 from driftscope.capture import Encoded
 from driftscope.choices import choice_logliks_shared, shared_prompt_groups
 from test_architectures import CASES, VOCAB, tiny
@@ -108,3 +108,33 @@ def test_a_cache_that_cannot_be_copied_per_choice_falls_back(monkeypatch):
     (ll, count, _), (ll2, count2, _) = both(model, seqs, keys)
     assert np.array_equal(count, count2)
     np.testing.assert_allclose(ll2, ll, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+def test_decoding_variants_from_one_prefill_equal_separate_decodes(family):
+    """The tuned and the bias-corrected answers decode from one prefill (greedy_variants):
+    each equals its own greedy decode and transformers' generate with the offset
+    subtracted from the logits, row by row, with per-row budgets and EOS."""
+    model = tiny(CASES[family][0]())
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (3, 9, 5, 12)]
+    budgets, eos = [4, 7, 1, 6], 5
+    table = torch.randn(len(prompts), VOCAB, generator=g) * 3.0
+    plain, corrected = greedy_variants(model, prompts, budgets, PAD, eos, [None, table], VOCAB)
+    assert plain == greedy(model, prompts, budgets, PAD, eos)
+    assert corrected == greedy(model, prompts, budgets, PAD, eos, table, VOCAB)
+    assert plain != corrected  # the offsets are large enough to change some answer
+
+    class Shift(tf.LogitsProcessor):
+        def __init__(self, row):
+            self.row = row
+
+        def __call__(self, input_ids, scores):
+            return scores - self.row
+
+    for r, (p, n) in enumerate(zip(prompts, budgets)):
+        for got, shift in ((plain, None), (corrected, [Shift(table[r])])):
+            ids = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=n, eos_token_id=eos, pad_token_id=PAD,
+                                 logits_processor=tf.LogitsProcessorList(shift or []))
+            assert got[r] == ids[0, len(p):].tolist()

@@ -152,7 +152,7 @@ def test_decoding_fits_absolute_positions(llama_sp, tiny_gpt2):
         budget = decoding_budget(e)
         prompt = decoding_prompt(e, budget)
         assert len(prompt) + budget <= 32 and prompt[0] == llama_sp.bos_token_id
-    texts = generate_all(tiny_gpt2, llama_sp, encoded, batch_size=2)
+    [texts] = generate_all(tiny_gpt2, llama_sp, encoded, batch_size=2)
     assert set(texts) == {0, 1}
 
 
