@@ -212,7 +212,7 @@ def run_bench(base, tuned, sizes=(100, 1000), batch_size=16, device="auto", dtyp
 
 CUDA_KEYS = ("bare_cuda_peak_mb", "compare_cuda_peak_mb", "bare_pass_cuda_peak_mb", "drift_pass_cuda_peak_mb")
 PEER_KEYS = ("handwritten_s", "handwritten_load_s", "compare_load_s", "drift_no_layers_s", "compare_total_s",
-             "capture_s", "cached_score_s", "cache_size_ratio", "lmeval_s", "lmeval_items")
+             "capture_s", "cached_score_s", "cache_size_ratio", "lmeval_s", "lmeval_items", "choice_run_s", "choice_items")
 
 
 def peer_figures(c: dict, env: dict | None, kw: dict, peers: bool) -> dict:
@@ -228,10 +228,36 @@ def peer_figures(c: dict, env: dict | None, kw: dict, peers: bool) -> dict:
     n = _in_subprocess("compare", env, **kw, accuracy=False, layers=False)
     k = _in_subprocess("cached", env, **kw)
     lm = _in_subprocess("lmeval", env, **kw) if shutil.which("lm_eval") else {}
-    return {"handwritten_s": h["seconds"], "handwritten_load_s": h["load_s"], "compare_load_s": c["load_s"],
+    whole = choice_run(env, **kw)
+    return {"choice_run_s": whole["seconds"], "choice_items": whole["items"],"handwritten_s": h["seconds"], "handwritten_load_s": h["load_s"], "compare_load_s": c["load_s"],
             "drift_no_layers_s": n["seconds"], "compare_total_s": c["total_s"], "capture_s": k["capture_s"],
             "cached_score_s": k["score_s"], "cache_size_ratio": k["cache_size_ratio"], "lmeval_s": lm.get("seconds"),
             "lmeval_items": lm.get("items")}
+
+
+def choice_probe_file(probes: Path) -> tuple[Path, int]:
+    """The probe file's items with choices (the items lm-eval's peer scores), beside it."""
+    lines = probes.read_text().splitlines()
+    rows = [line for line in lines[1:] if json.loads(line).get("choices")]
+    path = probes.with_name(probes.stem + "-choices.jsonl")
+    path.write_text("\n".join([lines[0], *rows]) + "\n")
+    return path, len(rows)
+
+
+def choice_run(env: dict | None, base: str, tuned: str, probes: str, batch_size: int, device: str, dtype: str) -> dict:
+    """The whole default diagnosis (drift, layers, accuracy, verdict, weights, HTML report) as a
+    user runs it, `driftscope compare` in its own process, timed from start to exit, on the items
+    with choices, prompted as lm-eval prompts them (no chat template): lm-eval's peer run."""
+    path, n = choice_probe_file(Path(probes))
+    out = path.parent / "choice-run"
+    cmd = [sys.executable, "-m", "driftscope", "compare", base, tuned, "--probes", str(path), "--out", str(out),
+           "--overwrite", "--chat-template", "off", "--batch-size", str(batch_size), "--device", device, "--dtype", dtype]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    seconds = time.perf_counter() - start
+    if done.returncode not in (0, 1, 3):  # 1 or 3: a gate failed or was inconclusive, a result all the same
+        raise RuntimeError(f"benchmark compare failed:\n{done.stderr[-2000:]}")
+    return {"seconds": seconds, "items": n}
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -110,6 +110,7 @@ def test_bench_peers_time_the_hand_written_loop_and_compare_without_layers(famil
         assert row[key] > 0, key
     assert row["bare_base_s"] + row["bare_tuned_s"] <= row["bare_s"]
     assert 0 < row["cache_size_ratio"]
+    assert row["choice_run_s"] > 0 and row["choice_items"] >= 1  # the whole CLI run on the choice items
     assert "hand-written loop s" in res.output and "no layers / hand loop" in res.output
     assert "scored vs capture s" in res.output
 
@@ -142,3 +143,16 @@ def test_a_recipe_fine_tune_moves_only_its_modules(family, tmp_path, recipe, mov
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     want = {k for k in before if (moved in k if isinstance(moved, str) else any(m in k for m in moved))}
     assert want and changed == want
+
+
+def test_the_choice_file_holds_the_items_lm_eval_scores(tmp_path):
+    """The whole-run peer of lm-eval scores the same items: those with choices, header kept."""
+    from driftscope.bench import choice_probe_file, probe_file
+    from driftscope.peers.lmeval import choice_items
+    from driftscope.probes import load_suite
+
+    full = probe_file(40, tmp_path)
+    path, n = choice_probe_file(full)
+    suite = load_suite(path)
+    assert n == len(suite.probes) == len(choice_items(full)) > 0
+    assert all(p.choices for p in suite.probes)
