@@ -40,6 +40,7 @@ Definitions (p = base, q = tuned; every mean is over positions):
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import polars as pl
@@ -90,6 +91,48 @@ def _head_weight(head: nn.Module, vocab: int) -> torch.Tensor:
 
 def _work_device(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device  # no float64 on MPS
+
+
+class HeadSums:
+    """The base head's W^T W (most of the layer figures' set-up: V d^2 multiply-adds, seconds
+    at a 262k vocabulary on a CPU), started on a background thread as soon as the base is
+    loaded, so that it overlaps loading the tuned checkpoints and encoding the probes.
+    Put it in LayerAccumulator's `shared` dict as "head_sums"."""
+
+    def __init__(self, model):
+        self.weight = model.get_output_embeddings().weight.detach()
+        self._sums: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="driftscope-head-grams")
+        self._thread.start()
+
+    @classmethod
+    def start(cls, model) -> HeadSums | None:
+        """Started for a plain head on a CPU or CUDA device; None where the figures are not made
+        from it here (offloaded weights, a device without float64)."""
+        head = model.get_output_embeddings()
+        if type(head) is not nn.Linear or offloaded(model) or head.weight.device.type not in ("cpu", "cuda"):
+            return None
+        return cls(model)
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                self._sums = A.head_sums(self.weight)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, who computes it again
+            self._error = e
+
+    def of(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """head_sums of `weight` when it is this head's first rows (the run's vocabulary width), else None."""
+        w = self.weight
+        if weight.data_ptr() != w.data_ptr() or weight.shape[1] != w.shape[1] or weight.shape[0] > w.shape[0]:
+            return None
+        self._thread.join()
+        if self._sums is None:
+            return None
+        s, gram = self._sums
+        rest = w[weight.shape[0]:].double()  # rows beyond the vocabulary width (a padded head) leave the sums
+        return s - rest.sum(0), gram - rest.T @ rest
 
 
 class LayerAccumulator:
@@ -148,7 +191,8 @@ class LayerAccumulator:
     def _stats(self, cache: dict, head: nn.Module, weight: torch.Tensor, classes: ClassTable) -> A.HeadStats:
         key = (id(head), self.vocab, id(classes))
         if key not in cache:  # the base head's grams serve every checkpoint
-            cache[key] = (head, A.head_stats(weight, self.membership.bool()))
+            early = cache.get("head_sums")
+            cache[key] = (head, A.head_stats(weight, self.membership.bool(), sums=early and early.of(weight)))
         return cache[key][1]
 
     def _zero(self) -> None:

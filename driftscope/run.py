@@ -30,7 +30,7 @@ from driftscope.distributed import (answer_shard, fail_if_testing, gather_answer
 from driftscope.drift import DriftAccumulator
 from driftscope.errors import DriftscopeError
 from driftscope.inputs import Inputs, load_suites, prepare
-from driftscope.layers import try_layer_accumulator
+from driftscope.layers import HeadSums, try_layer_accumulator
 from driftscope.memory import PhasePeaks, release_free_memory
 from driftscope.models import Checkpoint, align_vocab, checkpoint_kind, fingerprint, load_base, load_tokenizer, load_tuned
 from driftscope.paired import Scorer, paired_pass
@@ -251,11 +251,12 @@ class _Run:
         s, group = self.s, self.group
         with group.together():
             base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
+            shared = {"head_sums": HeadSums.start(base_ck.model)} if layers else {}  # overlaps what follows
             pause_if_testing("loading")
             tuned_cks = [load_tuned(p, base_ck, label, s.allow_pickle) for p, label in zip(tuned_paths, _labels(tuned_paths))]
             inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck, *tuned_cks], s, classes)
             _continue(base_ck, inputs, s)  # every rank decodes them all: the same tokens, whatever its shard
-            scorers, notes = self._paired_scorers(base_ck, tuned_cks, inputs, layers)
+            scorers, notes = self._paired_scorers(base_ck, tuned_cks, inputs, layers, shared)
         self.mark("loaded")
         answering = _has_answers(inputs, accuracy)
         batches = group.shard(inputs.batches)  # length-sorted, dealt round-robin: the ranks finish together
@@ -278,9 +279,10 @@ class _Run:
         self.mark("accuracy", ran=answering)
         return scorers, answers, self.facts(base_ck, inputs, "paired", notes, rss_mb=resident)
 
-    def _paired_scorers(self, base_ck: Checkpoint, tuned_cks: list[Checkpoint], inputs: Inputs, layers: bool):
+    def _paired_scorers(self, base_ck: Checkpoint, tuned_cks: list[Checkpoint], inputs: Inputs, layers: bool,
+                        shared: dict):
+        """`shared`: the base head's grams and the base's CKA grams, held once for all checkpoints."""
         s, notes = self.s, [c.warning for c in (base_ck, *tuned_cks) if c.warning]
-        shared: dict = {}  # the base head's grams and the base's CKA grams, held once for all checkpoints
         scorers = []
         for ck in tuned_cks:
             la, note = (try_layer_accumulator(ck.label, base_ck.model, ck.model, inputs.table, inputs.vocab, seed=s.seed,

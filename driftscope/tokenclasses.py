@@ -37,6 +37,8 @@ _OPTION = re.compile(r"\(?[A-E][).:]?|\([A-E]\)")
 
 # Markers tokenizers use for a leading space or a newline inside token strings.
 _SPACE_MARKERS = {"Ġ": " ", "▁": " ", "Ċ": "\n", "ĉ": "\t"}
+_UNMARK = str.maketrans(_SPACE_MARKERS)
+_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,12 @@ def token_texts(tokenizer) -> list[str]:
     texts = []
     for piece in pieces:
         piece = piece or ""
-        m = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)  # SentencePiece byte fallback
+        m = _BYTE.fullmatch(piece) if piece.startswith("<0x") else None
         if m:
             b = int(m.group(1), 16)
             texts.append(chr(b) if b < 128 else "\ufffd")
             continue
-        texts.append("".join(_SPACE_MARKERS.get(ch, ch) for ch in piece))
+        texts.append(piece.translate(_UNMARK))
     return texts
 
 

@@ -179,6 +179,31 @@ def test_logit_change_through_grams_equals_direct():
         assert torch.allclose(shift[:, j], want[:, numeric].mean(-1) - lb[:, numeric].mean(-1), atol=1e-12)
 
 
+def test_head_grams_started_at_load_equal_those_made_later():
+    """HeadSums (the base head's W^T W on a background thread from load on) gives head_stats
+    what it computes itself, for the whole head and for a padded head's first V rows; a
+    weight that is not its head's rows gets None (computed as before)."""
+    g = torch.Generator().manual_seed(4)
+    for rows in (V, V + 5):  # a head padded past the vocabulary width
+        head = nn.Linear(8, rows, bias=False)
+        head.weight.data = torch.randn(rows, 8, generator=g) + 0.3
+        model = SimpleNamespace(get_output_embeddings=lambda h=head: h)
+        early = A.head_sums(head.weight[:V].detach())
+        with_thread = A.head_stats(head.weight[:V].detach(), CLASSES.membership, sums=_sums_of(model, V))
+        alone = A.head_stats(head.weight[:V].detach(), CLASSES.membership, chunk=7)
+        for a, b in ((with_thread.gram, alone.gram), (with_thread.mu, alone.mu), (with_thread.class_rows, alone.class_rows)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, equal_nan=True)
+        torch.testing.assert_close(early[1], head.weight[:V].double().T @ head.weight[:V].double(), rtol=1e-12, atol=1e-12)
+    from driftscope.layers import HeadSums
+    assert HeadSums(model).of(head.weight.detach().clone()[:V]) is None
+
+
+def _sums_of(model, vocab):
+    from driftscope.layers import HeadSums
+
+    return HeadSums(model).of(model.get_output_embeddings().weight[:vocab].detach())
+
+
 def test_rel_l2_and_cosine():
     b = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]])
     t = torch.tensor([[3.0, 4.0], [0.0, 0.0], [0.0, 2.0]])

@@ -333,22 +333,32 @@ def _chunks(n: int, size: int):
     return ((a, min(a + size, n)) for a in range(0, n, size))
 
 
-def head_stats(weight: torch.Tensor, membership: torch.Tensor, chunk: int = 8192) -> HeadStats:
-    """HeadStats of a (V, d) weight; membership (V, C) bool. Streams rows in
-    float64 chunks so no float64 copy of the whole head is made."""
+def head_sums(weight: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uncentred float64 sums over a (V, d) weight's rows: (sum of rows (d,), W^T W (d, d)),
+    streamed in chunks so no float64 copy of the whole head is made."""
     v, d = weight.shape
-    member = membership.to(weight.device, torch.float64)
     s = torch.zeros(d, dtype=torch.float64, device=weight.device)
     gram = torch.zeros(d, d, dtype=torch.float64, device=weight.device)
-    csum = torch.zeros(member.shape[1], d, dtype=torch.float64, device=weight.device)
     for a, b in _chunks(v, chunk):
         w = weight[a:b].double()
         s += w.sum(0)
         gram += w.T @ w
-        csum += member[a:b].T @ w
+    return s, gram
+
+
+def head_stats(weight: torch.Tensor, membership: torch.Tensor, chunk: int = 8192,
+               sums: tuple[torch.Tensor, torch.Tensor] | None = None) -> HeadStats:
+    """HeadStats of a (V, d) weight; membership (V, C) bool. `sums`: head_sums(weight),
+    when already computed (the W^T W product is most of the cost: V d^2)."""
+    v, d = weight.shape
+    s, gram = sums if sums is not None else head_sums(weight, chunk)
     mu = s / v
-    gram -= v * torch.outer(mu, mu)
-    count = member.sum(0)[:, None]
+    gram = gram - v * torch.outer(mu, mu)
+    # each class's row sum, from its members' rows alone (classes are a small part of the vocabulary)
+    csum = torch.stack([weight[ids.to(weight.device)].double().sum(0) for ids in
+                        (col.nonzero().flatten() for col in membership.T)]) if membership.shape[1] else \
+        torch.zeros(0, d, dtype=torch.float64, device=weight.device)
+    count = membership.sum(0).to(weight.device, torch.float64)[:, None]
     rows = torch.where(count > 0, csum / count.clamp_min(1) - mu, torch.full_like(csum, math.nan))
     return HeadStats(mu, gram, rows, v)
 
