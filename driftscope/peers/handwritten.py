@@ -2,8 +2,10 @@
 
     python -m driftscope.peers.handwritten BASE TUNED PROBES.jsonl [BATCH [DEVICE [DTYPE]]]
 
-Plain transformers and torch, no driftscope: each prompt is tokenised (left
-padding, so the last column is every row's next-token position), both models
+Plain transformers and torch, no driftscope: each prompt is rendered as
+compare renders it by default (through the tokenizer's chat template when it has
+one, as a user scoring an instruct model would), tokenised (left padding, so
+the last column is every row's next-token position), both models
 run with their full (batch, length, vocab) logits, and KL(p||q) is taken at the
 last position (in float64, as driftscope does). DEVICE (cpu) and DTYPE (float32)
 are what the models load to, as a user would write `.to("cuda")`. Prints one JSON line: load and loop seconds, positions, KL mean.
@@ -20,10 +22,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
+def render(tok, prompt: str) -> str:
+    if not tok.chat_template:
+        return prompt
+    return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+
 def main(base: str, tuned: str, probes: str, batch_size: int = 16, device: str = "cpu", dtype: str = "float32") -> dict:
-    prompts = [row["prompt"] for row in map(json.loads, open(probes)) if "prompt" in row]
     start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(base)
+    prompts = [render(tok, row["prompt"]) for row in map(json.loads, open(probes)) if "prompt" in row]
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -33,7 +41,8 @@ def main(base: str, tuned: str, probes: str, batch_size: int = 16, device: str =
     kls = []
     with torch.inference_mode():
         for i in range(0, len(prompts), batch_size):
-            enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
+            enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True,
+                      add_special_tokens=not tok.chat_template).to(device)  # a rendered template has its own
             logp = torch.log_softmax(p_model(**enc).logits[:, -1].double(), -1)
             logq = torch.log_softmax(q_model(**enc).logits[:, -1].double(), -1)
             kls.append((logp.exp() * (logp - logq)).sum(-1).cpu())
