@@ -59,20 +59,25 @@ def render(chosen: list[Probe]) -> str:
     return SEPARATOR.join(exemplar(p) for p in chosen) + SEPARATOR if chosen else ""
 
 
-def suite_k(suite: ProbeSuite, fewshot: int | None) -> int:
-    """The number of exemplars for a suite: --fewshot when given, else the suite header's."""
+def suite_k(suite: ProbeSuite, fewshot: int | None, chat: bool = False) -> int:
+    """The number of exemplars for a suite: --fewshot when given, else the suite header's
+    (its "fewshot_chat" when the suite's prompts go through the chat template and it has one)."""
     if fewshot is not None and (isinstance(fewshot, bool) or not isinstance(fewshot, int) or fewshot < 0):
         raise DriftscopeError(f"--fewshot {fewshot}: must be a whole number >= 0", "use --fewshot 0 for zero-shot, or 3 or 5")
-    return suite.fewshot if fewshot is None else fewshot
+    if fewshot is not None:
+        return fewshot
+    return suite.fewshot_chat if chat and suite.fewshot_chat is not None else suite.fewshot
 
 
-def with_shots(suites: list[ProbeSuite], fewshot: int | None, seed: int) -> tuple[list[Probe], dict[str, dict]]:
+def with_shots(suites: list[ProbeSuite], fewshot: int | None, seed: int,
+               chat_of=lambda suite: False) -> tuple[list[Probe], dict[str, dict]]:
     """Every suite's probes with their exemplars set, and per suite what was used:
     {"fewshot": K asked, "fewshot_drawn": the most exemplars any item got}
-    (fewer than K when the suite has fewer other answered items)."""
+    (fewer than K when the suite has fewer other answered items). `chat_of(suite)`:
+    whether its prompts go through the chat template."""
     probes, used = [], {}
     for suite in suites:
-        k = suite_k(suite, fewshot)
+        k = suite_k(suite, fewshot, chat_of(suite))
         drawn = 0
         for p in suite.probes:
             chosen = draw(suite, p, k, seed)

@@ -93,13 +93,22 @@ def use_chat(tokenizer, mode: str) -> bool:
     return mode == "on" or (mode == "auto" and has)
 
 
+def suite_chat(suite: ProbeSuite, chat: bool, mode: str) -> bool:
+    """Whether a suite's prompts go through the chat template: an explicit --chat-template
+    on or off decides; with auto, the suite header's on or off, else the run's (capture.resolve_chat)."""
+    if mode in ("on", "off"):
+        return chat
+    return {"on": True, "off": False}.get(suite.chat_template, chat)
+
+
 def prepare(suites: list[ProbeSuite], tokenizer, models: list, *, n_ctx: int, chat_template: str = "auto",
             fewshot: int | None = None, seed: int = 0, max_length: int | None = None, batch_size: int = 16,
             classes: dict[str, str] | None = None, vocab: int | None = None) -> Inputs:
     """Encode and batch the suites for `tokenizer`; `models` set the vocabulary width
     (or `vocab` when no model is at hand, e.g. scoring against a cache)."""
-    probes, shots_used = with_shots(suites, fewshot, seed)  # the same exemplars for the base and every checkpoint
     chat = use_chat(tokenizer, chat_template)
+    # the same exemplars for the base and every checkpoint
+    probes, shots_used = with_shots(suites, fewshot, seed, lambda suite: suite_chat(suite, chat, chat_template))
     probes = resolve_chat(probes, tokenizer, chat_template)  # a suite header's chat choice, unless on/off was explicit
     length = min(n_ctx if max_length is None else max_length, n_ctx)
     encoded = encode_all(probes, tokenizer, chat, length)  # refuses a max_length with no room for a prompt

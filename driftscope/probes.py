@@ -9,7 +9,8 @@ A JSONL suite may open with a header line naming it:
     {"_suite": {"name": "arithmetic", "version": "1.0", "description": "..."}}
 
 The header may also set how the suite is run: "fewshot": K (exemplars
-prepended to each prompt by default; --fewshot overrides it) and
+prepended to each prompt by default; --fewshot overrides it), "fewshot_chat": K
+(the default instead when the prompts go through the chat template) and
 "chat_template": "auto" | "on" | "off" (an explicit --chat-template on or off
 overrides it; lm-eval imports say "off": their context is already rendered).
 
@@ -63,6 +64,7 @@ class ProbeSuite:
     hash: str  # sha256 of the file bytes: what was run
     probes: tuple[Probe, ...]
     fewshot: int = 0  # the header's default number of exemplars
+    fewshot_chat: int | None = None  # the header's default with the chat template (None: `fewshot`)
     chat_template: str = "auto"  # the header's chat-template choice: auto, on or off
 
     def __len__(self) -> int:
@@ -113,7 +115,7 @@ def load_suite(spec: str | os.PathLike) -> ProbeSuite:
     else:
         raise ProbeError(f"{path}: unknown probe format {path.suffix!r}", "use .jsonl, .csv or .parquet")
     name = str(header.get("name") or path.stem)
-    fewshot, chat_mode = _run_settings(path, header)
+    fewshot, fewshot_chat, chat_mode = _run_settings(path, header)
     chat = {"auto": None, "on": True, "off": False}[chat_mode]
     probes = tuple(replace(p, chat=chat) for p in _validate(path, name, rows))
     return ProbeSuite(
@@ -124,19 +126,21 @@ def load_suite(spec: str | os.PathLike) -> ProbeSuite:
         hash=digest,
         probes=probes,
         fewshot=fewshot,
+        fewshot_chat=fewshot_chat,
         chat_template=chat_mode,
     )
 
 
-def _run_settings(path: Path, header: dict) -> tuple[int, str]:
-    """The header's "fewshot" (an int >= 0) and "chat_template" (auto, on, off)."""
-    fewshot = header.get("fewshot", 0)
-    if isinstance(fewshot, bool) or not isinstance(fewshot, int) or fewshot < 0:
-        raise ProbeError(f"{path}: _suite fewshot must be a whole number >= 0, got {fewshot!r}", 'e.g. "fewshot": 3')
+def _run_settings(path: Path, header: dict) -> tuple[int, int | None, str]:
+    """The header's "fewshot" and "fewshot_chat" (ints >= 0) and "chat_template" (auto, on, off)."""
+    fewshot, fewshot_chat = header.get("fewshot", 0), header.get("fewshot_chat")
+    for key, k in (("fewshot", fewshot), ("fewshot_chat", fewshot_chat)):
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            raise ProbeError(f"{path}: _suite {key} must be a whole number >= 0, got {k!r}", f'e.g. "{key}": 3')
     mode = header.get("chat_template", "auto")
     if mode not in ("auto", "on", "off"):
         raise ProbeError(f"{path}: _suite chat_template must be auto, on or off, got {mode!r}", 'e.g. "chat_template": "off"')
-    return fewshot, mode
+    return fewshot, fewshot_chat, mode
 
 
 def list_suites() -> list[ProbeSuite]:

@@ -23,7 +23,7 @@ import json
 import random
 from pathlib import Path
 
-VERSION = "1.0"
+VERSION = "1.1"
 HERE = Path(__file__).resolve().parent
 
 # ---------------------------------------------------------------------------
@@ -460,7 +460,10 @@ class Suite:
         self.items.append(item)
 
     def write(self, out: Path) -> Path:
-        header = {"_suite": {"name": self.name, "version": VERSION, "description": self.description}}
+        # 3 exemplars when the prompts are plain text (a pretrained base, --chat-template off), none inside
+        # a chat turn: measured on SmolLM2-135M-Instruct's world_knowledge (README "Few-shot").
+        header = {"_suite": {"name": self.name, "version": VERSION, "description": self.description,
+                             "fewshot": 3, "fewshot_chat": 0}}
         lines = [json.dumps(header, ensure_ascii=False)]
         lines += [json.dumps(item, ensure_ascii=False) for item in self.items]
         path = out / f"{self.name}.jsonl"

@@ -60,7 +60,7 @@ def test_suite_loads_and_is_well_formed(name):
     header = json.loads(path.read_text(encoding="utf-8").splitlines()[0])["_suite"]
     suite = load_suite(path)
     assert suite.name == name == header["name"]
-    assert suite.version == "1.0"
+    assert suite.version == "1.1"  # 1.1: 3-shot on plain prompts by default
     assert suite.description and "\n" not in suite.description
     assert load_suite(name).path == str(path)  # found by name as a built-in suite
     assert len(suite) >= 100

@@ -10,7 +10,7 @@ import pytest
 from driftscope.capture import decoding_prompt, encode, encode_all, probe_chat, render_prompt, resolve_chat, token_ids
 from driftscope.errors import DriftscopeError, ProbeError
 from driftscope.fewshot import SEPARATOR, draw, exemplar, with_shots
-from driftscope.probes import load_suite
+from driftscope.probes import list_suites, load_suite
 
 ITEMS = [
     {"id": "q1", "prompt": "Q: What is the capital of France?\nA:", "answer": "Paris", "choices": ["Paris", "Rome"]},
@@ -58,7 +58,36 @@ def test_header_default_and_override(tmp_path):
     assert with_shots([suite], 50, 0)[1]["fs"]["fewshot_drawn"] == 5  # all 5 answered items (for the unanswered q5)
 
 
+def test_a_chat_default_apart_from_the_plain_one(tmp_path, bpe_tokenizer):
+    """"fewshot_chat" is the header's default when the prompts go through the chat template
+    (the built-in suites: 3 exemplars plain, none in a chat turn); --fewshot wins over both."""
+    from driftscope.inputs import prepare
+
+    suite = load_suite(write(tmp_path, {"fewshot": 3, "fewshot_chat": 0}))
+    assert (suite.fewshot, suite.fewshot_chat) == (3, 0)
+    assert with_shots([suite], None, 0, lambda s: True)[1]["fs"]["fewshot"] == 0
+    assert with_shots([suite], None, 0, lambda s: False)[1]["fs"]["fewshot"] == 3
+    assert with_shots([suite], 2, 0, lambda s: True)[1]["fs"]["fewshot"] == 2
+    assert load_suite(write(tmp_path, {"fewshot": 2}, name="plain")).fewshot_chat is None  # then "fewshot" serves both
+    used = lambda mode: prepare([suite], bpe_tokenizer, [], n_ctx=512, chat_template=mode, vocab=400).shots_used  # noqa: E731
+    assert used("auto")["fs"]["fewshot"] == 3  # no chat template on this tokenizer: plain prompts
+    bpe_tokenizer.chat_template = "<|user|>{{ messages[0]['content'] }}<|end|><|assistant|>"
+    try:
+        assert used("auto")["fs"]["fewshot"] == 0 and used("off")["fs"]["fewshot"] == 3
+        off = load_suite(write(tmp_path, {"fewshot": 3, "fewshot_chat": 0, "chat_template": "off"}, name="off"))
+        assert prepare([off], bpe_tokenizer, [], n_ctx=512, vocab=400).shots_used["off"]["fewshot"] == 3
+    finally:
+        bpe_tokenizer.chat_template = None
+
+
+def test_the_builtin_suites_run_few_shot_on_plain_prompts_only():
+    for suite in list_suites():
+        if suite.name != "general":
+            assert (suite.fewshot, suite.fewshot_chat) == (3, 0), suite.name
+
+
 @pytest.mark.parametrize("header, needle", [({"fewshot": -1}, "fewshot"), ({"fewshot": "3"}, "fewshot"),
+                                            ({"fewshot_chat": 1.5}, "fewshot_chat"),
                                             ({"chat_template": "maybe"}, "chat_template")])
 def test_bad_header_settings(tmp_path, header, needle):
     with pytest.raises(ProbeError, match=needle):
