@@ -92,7 +92,7 @@ def test_bench_json_that_cannot_be_written_fails_before_measuring(family, tmp_pa
 def test_bench_mmap_threshold_reaches_both_workers(family, tmp_path):
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(app, ["bench", str(family["base"]), str(family["tuned"]), "--sizes", "4", "--batch-size", "4",
-                                   "--no-accuracy", "--mmap-threshold-kb", "128", "--json", str(out)])
+                                   "--no-accuracy", "--mmap-threshold-kb", "128", "--json", str(out), "--no-peers"])
     assert res.exit_code == 0, res.output
     (row,) = json.loads(out.read_text())
     assert row["mmap_threshold_kb"] == 128 and row["runs"][0]["mmap_threshold_kb"] == 128  # what both workers saw (they must agree)
