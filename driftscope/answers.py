@@ -171,6 +171,21 @@ def is_match(generated: str, gold: str, choices: tuple[str, ...] | None = None) 
     return not any(not any(a <= x and y <= b for a, b in hits) for c in others for x, y in _spans(c, sentence))
 
 
+_BOUNDARY = re.compile(r"\n+|(?<=[.!?])\s+")  # answer_sentence's sentence ends
+
+
+def settled(text: str) -> bool:
+    """Whether no further token can change is_match on this text: its first line (what
+    `normalise` reads) and its first sentence after fillers (what `answer_sentence` reads)
+    have both ended, each followed by a line break or, for the sentence, also . ! ? and a
+    space. Free decoding stops a row there."""
+    flat = text.lstrip()
+    if "\n" not in flat:
+        return False
+    return any(re.sub(r"\s+", " ", part).strip().lower().strip(".,;:!?\"'` ") not in FILLERS
+               for part in _BOUNDARY.split(flat)[:-1])  # the last part may still grow
+
+
 def greedy(model, prompts: list[list[int]], max_new: int | list[int], pad: int, eos_id: int | None,
            offsets: torch.Tensor | None = None, vocab: int | None = None) -> list[list[int]]:
     """Greedy decoding of a left-padded batch with the KV cache: each row up to its
@@ -183,10 +198,11 @@ def greedy(model, prompts: list[list[int]], max_new: int | list[int], pad: int, 
 
 @torch.inference_mode()
 def greedy_variants(model, prompts: list[list[int]], max_new: int | list[int], pad: int, eos_id: int | None,
-                    variants: list[torch.Tensor | None], vocab: int | None = None) -> list[list[list[int]]]:
+                    variants: list[torch.Tensor | None], vocab: int | None = None, done_at=None) -> list[list[list[int]]]:
     """`greedy` under each logit offset of `variants` (None: the plain logits), from one
     prefill of the prompts: the prompts' KV cache is copied once per variant and the
-    variants decode together, as one batch. Returns one list of answers per variant."""
+    variants decode together, as one batch. `done_at(ids) -> bool`, when given, ends a row
+    early (answers: once `settled`). Returns one list of answers per variant."""
     b, k = len(prompts), len(variants)
     budgets = torch.tensor(max_new if isinstance(max_new, list) else [max_new] * b).repeat(k)
     device = next(model.parameters()).device
@@ -206,27 +222,39 @@ def greedy_variants(model, prompts: list[list[int]], max_new: int | list[int], p
     shift = None
     if any(v is not None for v in variants):
         shift = torch.cat([torch.zeros(b, vocab) if v is None else v.float().cpu() for v in variants]).to(device)
-    rows = _decode(model, logits, cache, mask, pos[:, -1], budgets.to(device), eos_id, shift)
+    rows = _decode(model, logits, cache, mask, pos[:, -1], budgets.to(device), eos_id, shift, done_at)
     return [rows[v * b:(v + 1) * b] for v in range(k)]
 
 
-def _decode(model, logits, cache, mask, last, budgets, eos_id, shift) -> list[list[int]]:
-    """The decoding loop of greedy_variants, from the prefill's last logits (R, V) and cache."""
-    done = torch.zeros(len(budgets), dtype=torch.bool, device=budgets.device)
+def _decode(model, logits, cache, mask, last, budgets, eos_id, shift, done_at=None) -> list[list[int]]:
+    """The decoding loop of greedy_variants, from the prefill's last logits (R, V) and cache.
+    Finished rows leave the batch (their cache rows too) where the cache can drop rows;
+    elsewhere they run on, their position held, their tokens ignored."""
     new: list[list[int]] = [[] for _ in range(len(budgets))]
+    live = list(range(len(budgets)))  # the batch's rows, as indices into `new`
+    held = torch.zeros(len(budgets), dtype=torch.bool, device=budgets.device)  # finished, still in the batch
     for step in range(int(budgets.max())):
         logits = logits.float()
         if shift is not None:
             logits[:, : shift.shape[1]] -= shift
         nxt = logits.argmax(-1)
-        for r, (t, finished) in enumerate(zip(nxt.tolist(), done.tolist())):
-            if not finished:
-                new[r].append(t)
-        done |= budgets <= step + 1
+        done = held | (budgets <= step + 1)
         if eos_id is not None:
             done |= nxt == eos_id
+        for j, (r, t, was) in enumerate(zip(live, nxt.tolist(), held.tolist())):
+            if not was:
+                new[r].append(t)
+                if done_at is not None and done_at(new[r]):
+                    done[j] = True
         if done.all():
             break
+        keep = (~done).nonzero().flatten()
+        if len(keep) < len(live) and hasattr(cache, "batch_select_indices"):
+            cache.batch_select_indices(keep.cpu())
+            live = [live[j] for j in keep.tolist()]
+            nxt, mask, last, budgets, done = nxt[keep], mask[keep], last[keep], budgets[keep], done[keep]
+            shift = None if shift is None else shift[keep]
+        held = done
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         last = torch.where(done, last, last + 1)
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
@@ -257,7 +285,8 @@ def generate_all(model, tok, encoded: list[Encoded], batch_size: int, variants=(
         budgets = [decoding_budget(e) for e in chunk]
         index = torch.tensor([e.index for e in chunk])
         outs = greedy_variants(model, [decoding_prompt(e, b) for e, b in zip(chunk, budgets)], budgets, pad_id(tok),
-                               tok.eos_token_id, [None if v is None else v(index) for v in variants], vocab)
+                               tok.eos_token_id, [None if v is None else v(index) for v in variants], vocab,
+                               lambda ids: settled(tok.decode(ids, skip_special_tokens=True)))
         for got, rows in zip(texts, outs):
             for e, ids in zip(chunk, rows):
                 got[e.index] = tok.decode(ids, skip_special_tokens=True)

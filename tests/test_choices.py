@@ -138,3 +138,25 @@ def test_decoding_variants_from_one_prefill_equal_separate_decodes(family):
                                  do_sample=False, max_new_tokens=n, eos_token_id=eos, pad_token_id=PAD,
                                  logits_processor=tf.LogitsProcessorList(shift or []))
             assert got[r] == ids[0, len(p):].tolist()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_rows_that_finish_early_leave_the_batch_and_the_rest_decode_the_same(family):
+    """A row ended by `done_at` (answers: once settled) stops at that token and leaves the
+    batch (its KV cache rows with it); the other rows decode exactly as without it."""
+    model = tiny(CASES[family][0]())
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (4, 7, 11, 5, 8)]
+    budgets = [9, 9, 3, 9, 6]
+    table = torch.randn(len(prompts), VOCAB, generator=g)
+    free = greedy_variants(model, prompts, budgets, PAD, None, [None, table], VOCAB)
+    stop_at = {0: 2, 1: 5, 3: 1}  # row -> the token after which it is done; rows 2 and 4 run to their budget
+    ends = [row[:k] for v in free for r, row in enumerate(v) for q, k in stop_at.items() if q == r]
+    got = greedy_variants(model, prompts, budgets, PAD, None, [None, table], VOCAB, lambda ids: ids in ends)
+    for v in range(2):
+        for r, row in enumerate(free[v]):
+            if r in stop_at:
+                assert got[v][r] == row[: len(got[v][r])] and 1 <= len(got[v][r]) <= stop_at[r]
+            else:
+                assert got[v][r] == row
+    assert got != free

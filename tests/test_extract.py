@@ -83,3 +83,35 @@ def test_sentence_and_number_helpers():
     assert answer_sentence("Sure! The answer is 12.\nMore") == "the answer is 12."
     assert answer_sentence("") == ""
     assert answer_number("5 + 7 = 12") == 12 and answer_number("no number") is None
+
+
+EXTRA = [  # constructed: fillers before the answer, a sentence that ends before its line does
+    ("Sure!\nThe capital of France is Paris.\nMore", "Paris", FRANCE),
+    ("Okay. Sure! 12 apples.\nThen 13", "12", None),
+    ("Paris. It is in France\nQ: next", "Paris", FRANCE),
+    ("London or Paris\nQ:", "Paris", FRANCE),
+]
+
+
+@pytest.mark.parametrize("text, gold, choices", [(t, g, c) for _, t, g, c, _ in REAL] + EXTRA)
+def test_decoding_stops_only_where_the_verdict_is_settled(text, gold, choices):
+    """Free decoding stops a row once `settled`: from there on no further text changes
+    is_match. Every prefix that is settled judges as the whole output does."""
+    from driftscope.answers import settled
+
+    whole = is_match(text, gold, choices)
+    for n in range(len(text) + 1):
+        if settled(text[:n]):
+            assert is_match(text[:n], gold, choices) is whole, (text[:n], text)
+            for tail in ("", " x", "\nmore", ". No, 9", " Rome"):  # and whatever came next
+                assert is_match(text[:n] + tail, gold, choices) is is_match(text[:n], gold, choices), (text[:n], tail)
+
+
+def test_settled_needs_the_line_and_the_sentence():
+    from driftscope.answers import settled
+
+    assert not settled(" Paris")  # the line may go on: " Parisian"
+    assert not settled(" Paris.")  # as may the sentence
+    assert not settled("Sure!\n")  # only a filler so far
+    assert settled(" Paris\n") and settled("The capital of France is Paris.\n")
+    assert not settled("Paris. It is")  # the sentence ended, the first line did not
