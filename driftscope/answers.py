@@ -123,13 +123,22 @@ def answer_sentence(text: str) -> str:
     """The first sentence of the answer, normalised (lower case, one space),
     after any filler sentences ("Sure!", "Okay."). A sentence ends at a
     newline or at . ! ? before a space."""
-    flat = text.strip()
-    for sentence in re.split(r"\n+|(?<=[.!?])\s+", flat):
-        s = re.sub(r"\s+", " ", sentence).strip().lower()
-        if s.strip(".,;:!?\"'` ") in FILLERS:
-            continue
-        return s
+    for sentence in _BOUNDARY.split(text.strip()):
+        s = _normal_sentence(sentence)
+        if not _is_filler(s):
+            return s
     return ""
+
+
+_BOUNDARY = re.compile(r"\n+|(?<=[.!?])\s+")  # where a sentence ends
+
+
+def _normal_sentence(sentence: str) -> str:
+    return re.sub(r"\s+", " ", sentence).strip().lower()
+
+
+def _is_filler(sentence: str) -> bool:
+    return sentence.strip(".,;:!?\"'` ") in FILLERS
 
 
 def _spans(phrase: str, text: str) -> list[tuple[int, int]]:
@@ -171,9 +180,6 @@ def is_match(generated: str, gold: str, choices: tuple[str, ...] | None = None) 
     return not any(not any(a <= x and y <= b for a, b in hits) for c in others for x, y in _spans(c, sentence))
 
 
-_BOUNDARY = re.compile(r"\n+|(?<=[.!?])\s+")  # answer_sentence's sentence ends
-
-
 def settled(text: str) -> bool:
     """Whether no further token can change is_match on this text: its first line (what
     `normalise` reads) and its first sentence after fillers (what `answer_sentence` reads)
@@ -182,8 +188,7 @@ def settled(text: str) -> bool:
     flat = text.lstrip()
     if "\n" not in flat:
         return False
-    return any(re.sub(r"\s+", " ", part).strip().lower().strip(".,;:!?\"'` ") not in FILLERS
-               for part in _BOUNDARY.split(flat)[:-1])  # the last part may still grow
+    return any(not _is_filler(_normal_sentence(part)) for part in _BOUNDARY.split(flat)[:-1])  # the last may grow
 
 
 def greedy(model, prompts: list[list[int]], max_new: int | list[int], pad: int, eos_id: int | None,

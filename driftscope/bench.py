@@ -229,7 +229,8 @@ def peer_figures(c: dict, env: dict | None, kw: dict, peers: bool) -> dict:
     k = _in_subprocess("cached", env, **kw)
     lm = _in_subprocess("lmeval", env, **kw) if shutil.which("lm_eval") else {}
     whole = choice_run(env, **kw)
-    return {"choice_run_s": whole["seconds"], "choice_items": whole["items"],"handwritten_s": h["seconds"], "handwritten_load_s": h["load_s"], "compare_load_s": c["load_s"],
+    return {"choice_run_s": whole["seconds"], "choice_items": whole["items"], "handwritten_s": h["seconds"],
+            "handwritten_load_s": h["load_s"], "compare_load_s": c["load_s"],
             "drift_no_layers_s": n["seconds"], "compare_total_s": c["total_s"], "capture_s": k["capture_s"],
             "cached_score_s": k["score_s"], "cache_size_ratio": k["cache_size_ratio"], "lmeval_s": lm.get("seconds"),
             "lmeval_items": lm.get("items")}

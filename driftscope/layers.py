@@ -101,8 +101,7 @@ class HeadSums:
 
     def __init__(self, model):
         self.weight = model.get_output_embeddings().weight.detach()
-        self._sums: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._error: BaseException | None = None
+        self._sums: tuple[torch.Tensor, torch.Tensor] | None = None  # stays None if the thread fails
         self._thread = threading.Thread(target=self._run, daemon=True, name="driftscope-head-grams")
         self._thread.start()
 
@@ -119,8 +118,8 @@ class HeadSums:
         try:
             with torch.inference_mode():
                 self._sums = A.head_sums(self.weight)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller, who computes it again
-            self._error = e
+        except Exception:  # noqa: BLE001 - `of` then returns None and the caller computes the sums itself
+            pass
 
     def of(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """head_sums of `weight` when it is this head's first rows (the run's vocabulary width), else None."""
