@@ -32,7 +32,8 @@ Definitions (p = base, q = tuned; every mean is over positions):
   rel_change_logit = ||L_t - L_b|| / ||L_b||; logit_change_rms = ||L_t - L_b|| /
   sqrt(vocab) (logit units, comparable across components); <class>_logit_shift
   = mean over the class's ids of L_t - L_b (positive: the component now pushes
-  that class up). Computed through (d, d) head Gram matrices, never (N, vocab).
+  that class up). Computed through (d, d) head Gram matrices, never (N, vocab);
+  a tuned head through its difference from the base's (metrics/heads.py).
   rel_change_hidden is over all scored positions; the logit-space figures are at
   next positions, as the lens (one per probe: the cost stays per probe).
 """
@@ -50,6 +51,7 @@ from torch import nn
 from driftscope.architectures import Architecture, ArchitectureError, discover
 from driftscope.capture import NEXT, Batch, CaptureState, block_rows, padded_index
 from driftscope.metrics import activations as A
+from driftscope.metrics import heads as H
 from driftscope.own_change import OwnChange, own_where, same_weights
 from driftscope.placement import OFFLOAD_HINT, offloaded
 from driftscope.tokenclasses import ClassTable
@@ -94,14 +96,14 @@ def _work_device(device: torch.device) -> torch.device:
 
 
 class HeadSums:
-    """The base head's W^T W (most of the layer figures' set-up: V d^2 multiply-adds, seconds
+    """The base head's Gram (most of the layer figures' set-up: V d^2 multiply-adds, seconds
     at a 262k vocabulary on a CPU), started on a background thread as soon as the base is
     loaded, so that it overlaps loading the tuned checkpoints and encoding the probes.
     Put it in LayerAccumulator's `shared` dict as "head_sums"."""
 
     def __init__(self, model):
         self.weight = model.get_output_embeddings().weight.detach()
-        self._sums: tuple[torch.Tensor, torch.Tensor] | None = None  # stays None if the thread fails
+        self._sums: H.Sums | None = None  # stays None if the thread fails
         self._thread = threading.Thread(target=self._run, daemon=True, name="driftscope-head-grams")
         self._thread.start()
 
@@ -117,11 +119,11 @@ class HeadSums:
     def _run(self) -> None:
         try:
             with torch.inference_mode():
-                self._sums = A.head_sums(self.weight)
+                self._sums = H.head_sums(self.weight)
         except Exception:  # noqa: BLE001 - `of` then returns None and the caller computes the sums itself
             pass
 
-    def of(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def of(self, weight: torch.Tensor) -> H.Sums | None:
         """head_sums of `weight` when it is this head's first rows (the run's vocabulary width), else None."""
         w = self.weight
         if weight.data_ptr() != w.data_ptr() or weight.shape[1] != w.shape[1] or weight.shape[0] > w.shape[0]:
@@ -129,9 +131,7 @@ class HeadSums:
         self._thread.join()
         if self._sums is None:
             return None
-        s, gram = self._sums
-        rest = w[weight.shape[0]:].double()  # rows beyond the vocabulary width (a padded head) leave the sums
-        return s - rest.sum(0), gram - rest.T @ rest
+        return self._sums.without(w[weight.shape[0]:])  # rows past the vocabulary width (a padded head) leave
 
 
 class LayerAccumulator:
@@ -174,10 +174,9 @@ class LayerAccumulator:
         if wb.shape != wt.shape:
             raise ArchitectureError(f"{label}: LM head {tuple(wt.shape)} against the base's {tuple(wb.shape)}")
         self.d = wb.shape[1]
-        self.head_b = self._stats(cache, self.base.lm_head, wb, classes)
+        self.head_b = self._stats(cache, self.base.lm_head, wb)
         same = wb is wt or torch.equal(wb, wt.to(wb.device))
-        self.head_t = self.head_b if same else self._stats(cache, self.tuned.lm_head, wt, classes)
-        self.cross = None if same else A.cross_gram(wt, self.head_t.mu, wb, self.head_b.mu)
+        self.change = None if same else H.head_change(wb, self.head_b.mu, wt, self.membership.bool())
         # The same final norm, head and softcap on both sides: equal states read out equal lens log-probs.
         self._same_readout = (_same_module(self.base.final_norm, self.tuned.final_norm)
                               and _same_module(self.base.lm_head, self.tuned.lm_head)
@@ -187,11 +186,11 @@ class LayerAccumulator:
         self.device: torch.device | None = None  # set on the first update, where the states live
         self._zero()
 
-    def _stats(self, cache: dict, head: nn.Module, weight: torch.Tensor, classes: ClassTable) -> A.HeadStats:
-        key = (id(head), self.vocab, id(classes))
+    def _stats(self, cache: dict, head: nn.Module, weight: torch.Tensor) -> H.HeadStats:
+        key = (id(head), self.vocab, id(self.classes))
         if key not in cache:  # the base head's grams serve every checkpoint
             early = cache.get("head_sums")
-            cache[key] = (head, A.head_stats(weight, self.membership.bool(), sums=early and early.of(weight)))
+            cache[key] = (head, H.head_stats(weight, self.membership.bool(), sums=early and early.of(weight)))
         return cache[key][1]
 
     def _zero(self) -> None:
@@ -250,8 +249,8 @@ class LayerAccumulator:
         first = hb["layer.0"]
         if self.device is None:  # the first batch: settle where the sums live
             self.device = _work_device(first.device)
-            self.head_b, self.head_t = self.head_b.to(self.device), self.head_t.to(self.device)
-            self.cross = None if self.cross is None else self.cross.to(self.device)
+            self.head_b = self.head_b.to(self.device)
+            self.change = None if self.change is None else self.change.to(self.device)
             self.proj = None if self.proj is None else self.proj.to(self.device)
             self._zero()
         dev = self.device
@@ -282,8 +281,8 @@ class LayerAccumulator:
                 acc = self.cmp[c]
                 acc["rel_hidden"][idx] += A.rel_l2(stack(hb, c), stack(ht, c)).sum(-1)
                 if len(nxt):  # logit space: next positions, as the lens
-                    delta_sq, base_sq, shift = A.logit_change(stack(hb, c, nxt), stack(ht, c, nxt), self.head_b,
-                                                              self.head_t, self.cross)
+                    delta_sq, base_sq, shift = H.logit_change(stack(hb, c, nxt), stack(ht, c, nxt), self.head_b,
+                                                              self.change)
                     acc["rel_logit"][idx] += A.rel_l2_from_squares(delta_sq, base_sq).sum(-1)
                     acc["rms"][idx] += (delta_sq / self.vocab).sqrt().sum(-1)
                     acc["shift"][idx] += shift.sum(1)
@@ -291,7 +290,7 @@ class LayerAccumulator:
         if len(nxt):
             last = f"layer.{self.L - 1}"
             self.own.update_final(f64(hb[last][nxt]), f64(ht[last][nxt]), f64(base_state.final[nxt]),
-                                  f64(tuned_state.final[nxt]), self.head_b, self.head_t, self.cross, self.cross is not None)
+                                  f64(tuned_state.final[nxt]), self.head_b, self.change)
             self._lens(hb, ht, nxt)
 
     def _lens(self, hb: dict, ht: dict, nxt: torch.Tensor) -> None:

@@ -54,6 +54,7 @@ from torch import nn
 
 from driftscope.capture import CaptureState
 from driftscope.metrics import activations as A
+from driftscope.metrics import heads as H
 
 OWN_SHARE = 0.1  # a component's own change "carries" the drift from 10% of the final logit change
 
@@ -165,7 +166,7 @@ class OwnChange:
             self.out[name] = _run(tuned, post, args, kwargs, rows, cols)
         self.pending.clear()
 
-    def update(self, base: dict[str, torch.Tensor], nxt: torch.Tensor, head_b: A.HeadStats, f64,
+    def update(self, base: dict[str, torch.Tensor], nxt: torch.Tensor, head_b: H.HeadStats, f64,
                stack_elements: int = 1 << 22) -> None:
         """Accumulate one batch: `base` holds the base component outputs (capture's
         "<c>.<i>") at the scored positions. The measured components go through
@@ -191,7 +192,7 @@ class OwnChange:
             rel = A.rel_l2(b, t).sum(-1)  # (m,)
             rms = None
             if len(nxt):
-                delta_sq, _, _ = A.logit_change(b[:, nxt], t[:, nxt], head_b, head_b, None)
+                delta_sq, _, _ = H.logit_change(b[:, nxt], t[:, nxt], head_b, None)
                 rms = (delta_sq / head_b.vocab).sqrt().sum(-1)
             for c in self.units:
                 sel = [j for j, (cc, _, _) in enumerate(part) if cc == c]
@@ -203,15 +204,15 @@ class OwnChange:
                 if rms is not None:
                     self.sums[c]["rms"].index_add_(0, where, rms[pick])
 
-    def update_final(self, resid_b, resid_t, final_b, final_t, head_b, head_t, cross, head_changed: bool) -> None:
+    def update_final(self, resid_b, resid_t, final_b, final_t, head_b, change: H.HeadChange | None) -> None:
         """At next positions: the final residual's direct logit change (base head),
         the real output logits' change and the head's own change."""
         v = head_b.vocab
-        self.resid_rms += (A.quad(resid_t - resid_b, head_b.gram) / v).clamp_min(0).sqrt().sum()
-        delta_sq, _, _ = A.logit_change(final_b, final_t, head_b, head_t, cross)
+        self.resid_rms += (H.quad(resid_t - resid_b, head_b.gram) / v).clamp_min(0).sqrt().sum()
+        delta_sq, _, _ = H.logit_change(final_b, final_t, head_b, change)
         self.head["final_rms"] += float((delta_sq / v).sqrt().sum())
-        if head_changed:
-            own_sq, base_sq, _ = A.logit_change(final_b, final_b, head_b, head_t, cross)
+        if change is not None:
+            own_sq, base_sq, _ = H.logit_change(final_b, final_b, head_b, change)
             self.head["rel"] += float(A.rel_l2_from_squares(own_sq, base_sq).sum())
             self.head["rms"] += float((own_sq / v).sqrt().sum())
 
