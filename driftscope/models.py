@@ -23,6 +23,7 @@ disabled, an adapter with only itself enabled.
 from __future__ import annotations
 
 import copy
+import filecmp
 import hashlib
 import json
 import logging
@@ -370,8 +371,31 @@ def load_tuned(path: str | Path, base: Checkpoint | None, label: str | None = No
         return _load_gguf(path, label, dev, dt)
     place = base.placement if base is not None else {}
     model = _load_model(path, dev, dt, allow_pickle, place)
-    tok = _load_tokenizer(path) if any(path.glob("tokenizer*")) or base is None else base.tokenizer
-    return Checkpoint(label, str(path), "model", fingerprint(path), model, tok, model_path=str(path), placement=place)
+    return Checkpoint(label, str(path), "model", fingerprint(path), model, _tuned_tokenizer(path, base),
+                      model_path=str(path), placement=place)
+
+
+def _tuned_tokenizer(path: Path, base: Checkpoint | None):
+    """The folder's own tokenizer; the base's where the folder has none, or the very same files
+    (one tokenizer then serves both: no second load, and align_vocab has nothing to compare)."""
+    if base is None:
+        return _load_tokenizer(path)
+    if not any(path.glob("tokenizer*")) or _same_tokenizer_files(Path(base.path), path):
+        return base.tokenizer
+    return _load_tokenizer(path)
+
+
+_TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt", "spiece.model",
+                    "chat_template*")
+
+
+def _same_tokenizer_files(a: Path, b: Path) -> bool:
+    """Whether two model folders hold the same tokenizer files, byte for byte."""
+    if not a.is_dir():
+        return False
+    files = [{f.name: f for g in _TOKENIZER_GLOBS for f in p.glob(g) if f.is_file()} for p in (a, b)]
+    return bool(files[0]) and files[0].keys() == files[1].keys() and \
+        all(filecmp.cmp(f, files[1][name], shallow=False) for name, f in files[0].items())
 
 
 def load_tokenizer(path: str | Path):
@@ -511,6 +535,8 @@ class VocabAlignment:
 
 
 def align_vocab(base_tok, tuned_tok) -> VocabAlignment:
+    if base_tok is tuned_tok:
+        return VocabAlignment("identical", len(base_tok), 0)
     vb, vt = base_tok.get_vocab(), tuned_tok.get_vocab()
     if vb == vt:
         return VocabAlignment("identical", len(base_tok), 0)

@@ -33,12 +33,14 @@ _NUMERIC = re.compile(
     r"|(?:" + "|".join(NUMBER_WORDS) + r")",
     re.IGNORECASE,
 )
+_NUMERIC_FIRST = "[0-9.%s]" % "".join(sorted({w[0] for w in NUMBER_WORDS}))  # under IGNORECASE, as _NUMERIC
 _OPTION = re.compile(r"\(?[A-E][).:]?|\([A-E]\)")
 
 # Markers tokenizers use for a leading space or a newline inside token strings.
 _SPACE_MARKERS = {"Ġ": " ", "▁": " ", "Ċ": "\n", "ĉ": "\t"}
 _UNMARK = str.maketrans(_SPACE_MARKERS)
 _BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback
+_SEP = "\x00"
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,36 @@ class TokenClass:
     matches: Callable[[str], bool]  # called on the stripped text
     description: str = ""
     special: bool = False  # membership decided by the tokenizer's special ids, not text
+    match_all: Callable[[list[str]], list[bool]] | None = None  # `matches` over a vocabulary at once, faster
+
+    def decide(self, texts: list[str]) -> list[bool]:
+        return self.match_all(texts) if self.match_all is not None else [self.matches(t) for t in texts]
 
 
 def _is_punct(text: str) -> bool:
     return bool(text) and all(unicodedata.category(ch)[0] in "PS" for ch in text)
+
+
+def _all_punct(texts: list[str]) -> list[bool]:
+    """_is_punct of each text, each character's category looked up once."""
+    other = {ch for ch in set().union(*texts) if unicodedata.category(ch)[0] not in "PS"}
+    return [t != "" and other.isdisjoint(t) for t in texts]
+
+
+def _regex(name: str, rx: re.Pattern, description: str, first: str | None = None) -> TokenClass:
+    """A class of the texts `rx` fully matches. `first`: a one-character pattern (under rx's
+    flags) that every character a match can start with matches: texts starting otherwise are
+    decided without running rx (most of a vocabulary)."""
+    fullmatch = rx.fullmatch
+
+    def match_all(texts: list[str]) -> list[bool]:
+        if first is None:
+            return [fullmatch(t) is not None for t in texts]
+        can_start = re.compile(first, rx.flags).fullmatch
+        starts = {c for c in {t[:1] for t in texts} if c and can_start(c)}
+        return [t[:1] in starts and fullmatch(t) is not None for t in texts]
+
+    return TokenClass(name, lambda t: fullmatch(t) is not None, description, match_all=match_all)
 
 
 def regex_class(name: str, pattern: str) -> TokenClass:
@@ -59,17 +87,17 @@ def regex_class(name: str, pattern: str) -> TokenClass:
         rx = re.compile(pattern)
     except re.error as e:
         raise DriftscopeError(f"--class {name}: bad regular expression ({e})", "write NAME=REGEX, e.g. yesno=(?i)yes|no")
-    return TokenClass(name, lambda t: bool(rx.fullmatch(t)), f"user regex {pattern}")
+    return _regex(name, rx, f"user regex {pattern}")
 
 
 BUILTIN: dict[str, TokenClass] = {
     c.name: c
     for c in (
         TokenClass("special", lambda t: False, "EOS, pad, BOS and other control tokens", special=True),
-        TokenClass("numeric", lambda t: bool(_NUMERIC.fullmatch(t)), "digits, ordinals, decimals, 1,000, zero..billion"),
+        _regex("numeric", _NUMERIC, "digits, ordinals, decimals, 1,000, zero..billion", _NUMERIC_FIRST),
         TokenClass("whitespace", lambda t: t == "", "spaces, tabs and newlines only"),
-        TokenClass("punctuation", _is_punct, "punctuation and symbols only"),
-        TokenClass("option_letter", lambda t: bool(_OPTION.fullmatch(t)), "A-E as option letters: A, (A, A), A., A:"),
+        TokenClass("punctuation", _is_punct, "punctuation and symbols only", match_all=_all_punct),
+        _regex("option_letter", _OPTION, "A-E as option letters: A, (A, A), A., A:", r"[(A-E]"),
     )
 }
 # The partition for the KL split, in priority order; "other" takes the rest.
@@ -78,17 +106,20 @@ PARTITION = ("special", "numeric", "whitespace", "punctuation", "other")
 
 def token_texts(tokenizer) -> list[str]:
     """Each id's surface text, space markers turned back into spaces."""
-    n = len(tokenizer)
-    pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
-    texts = []
-    for piece in pieces:
-        piece = piece or ""
-        m = _BYTE.fullmatch(piece) if piece.startswith("<0x") else None
-        if m:
-            b = int(m.group(1), 16)
-            texts.append(chr(b) if b < 128 else "\ufffd")
-            continue
-        texts.append(piece.translate(_UNMARK))
+    pieces = [p or "" for p in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
+    joined = _SEP.join(pieces)
+    if joined.count(_SEP) == len(pieces) - 1:  # unmarked all at once: no piece holds the separator
+        for marker, text in _SPACE_MARKERS.items():
+            joined = joined.replace(marker, text)
+        texts = joined.split(_SEP) if pieces else []
+    else:
+        texts = [p.translate(_UNMARK) for p in pieces]
+    if "<0x" in joined:
+        for i, piece in enumerate(pieces):
+            m = _BYTE.fullmatch(piece) if piece.startswith("<0x") else None
+            if m:
+                b = int(m.group(1), 16)
+                texts[i] = chr(b) if b < 128 else "\ufffd"
     return texts
 
 
@@ -130,7 +161,7 @@ def build_classes(texts: list[str], special_ids: set[int], user: dict[str, str] 
         if name in classes or name == "other":
             raise DriftscopeError(f"--class {name}: that name is built in", "pick another class name")
         classes[name] = regex_class(name, pattern)
-    stripped = [strip_text(t) for t in texts]
+    stripped = [t.strip() for t in texts]  # strip_text, inlined: 262k calls
     names = tuple(classes)
     # decided in Python lists, one tensor at the end: item assignment into a tensor costs
     # a microsecond each, seconds at a 262k vocabulary
@@ -138,12 +169,9 @@ def build_classes(texts: list[str], special_ids: set[int], user: dict[str, str] 
     special = [i in special_ids for i in range(len(texts))]
     columns = []
     for cls in classes.values():
-        if cls.special:
-            columns.append(special)
-        else:
-            match = cls.matches
-            columns.append([ok and match(s) for ok, s in zip(textual, stripped)])
-    member = torch.tensor(columns, dtype=torch.bool).T.contiguous() if texts else torch.zeros(0, len(names), dtype=torch.bool)
+        columns.append(special if cls.special else [ok and m for ok, m in zip(textual, cls.decide(stripped))])
+    member = torch.stack([torch.frombuffer(bytearray(col), dtype=torch.bool) for col in columns], 1) if texts else \
+        torch.zeros(0, len(names), dtype=torch.bool)  # bytearray: Python bools to bytes in C, no tensor per element
     partition = torch.zeros(len(texts), len(PARTITION), dtype=torch.bool)
     taken = torch.zeros(len(texts), dtype=torch.bool)
     for j, name in enumerate(PARTITION[:-1]):

@@ -157,6 +157,25 @@ def test_extended_tokenizer_compares_shared_ids(family, tmp_path):
     assert plain.checkpoints[0]["figures"]["new_token_mass"] == 0
 
 
+def test_a_tuned_folder_with_the_base_tokenizer_files_shares_its_tokenizer(family, tmp_path):
+    """Byte-identical tokenizer files: one tokenizer serves both (no second load, nothing to
+    align); a changed file, or an extended tokenizer, gets its own."""
+    import shutil
+
+    from driftscope.models import align_vocab, load_base, load_tuned
+
+    base = load_base(family["base"], "cpu", "float32")
+    same = load_tuned(family["tuned"], base)
+    assert same.tokenizer is base.tokenizer and align_vocab(base.tokenizer, same.tokenizer).status == "identical"
+    edited = tmp_path / "edited"
+    shutil.copytree(family["tuned"], edited)
+    config = edited / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("{", '{"edited": 1, ', 1))
+    own = load_tuned(edited, base)
+    assert own.tokenizer is not base.tokenizer and own.tokenizer.name_or_path == str(edited)
+    assert align_vocab(base.tokenizer, own.tokenizer).status == "identical"
+
+
 def test_interrupted_write_leaves_nothing(family, tmp_path, monkeypatch):
     r = run(family, ["copy"], tmp_path, out=None)
     target = tmp_path / "runs" / "x"

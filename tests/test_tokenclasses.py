@@ -64,7 +64,8 @@ def test_build_classes_equals_the_token_by_token_definition():
 
     from driftscope.tokenclasses import BUILTIN, regex_class, strip_text
 
-    texts = ["", " ", "42", " 3rd", "A", "(B)", "hello", "!!", "\n", "twelve", "<eos>", "", "1,000", ".5", "yes", "No"]
+    texts = ["", " ", "42", " 3rd", "A", "(B)", "hello", "!!", "\n", "twelve", "<eos>", "", "1,000", ".5", "yes", "No",
+             "«", " —", "€5", "㊀", "a…", "…", "_", "²", "\u0301", "ſeven", "TWO", "(e"]  # No numbers, a mark, case folds
     special = {10, 11}
     user = {"yn": "(?i)yes|no"}
     table = build_classes(texts, special, user)
@@ -75,5 +76,7 @@ def test_build_classes_equals_the_token_by_token_definition():
             want[i, j] = (i in special) if cls.special else (i not in special and t != "" and cls.matches(strip_text(t)))
     assert table.names == tuple(classes)
     assert torch.equal(table.membership, want)
+    punct = table.membership[:, table.names.index("punctuation")]
+    assert [texts[i] for i in punct.nonzero().flatten().tolist()] == ["!!", "«", " —", "…", "_"]
     assert table.partition.sum(1).tolist() == [1] * len(texts)
     assert build_classes([], set()).membership.shape == (0, len(BUILTIN))

