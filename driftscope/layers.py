@@ -297,8 +297,8 @@ class LayerAccumulator:
         """Logit lens of both models on the lens layers at next positions.
 
         The (layers x next positions) rows go through in blocks of one fixed
-        shape (the last block repeats its final row; only the real rows count),
-        so memory stays flat: `lens_rows` rows (by default the first batch's
+        shape (the last block repeats its final row up to a multiple of 8, or
+        of the block size; only the real rows count), so memory stays flat: `lens_rows` rows (by default the first batch's
         rows, at most LENS_MAX_ROWS; a head that is not a plain Linear, e.g.
         PEFT-wrapped, computes whole (rows, vocab) logits: capture.block_rows
         rows then) against the vocabulary in chunks of LENS_ELEMENTS / rows ids
@@ -338,7 +338,8 @@ class LayerAccumulator:
             logits = tuple(A.head_logits(h, self.vocab, chunk) for h in heads[:n_sides])
             for start in range(0, total, size):
                 n = min(size, total - start)
-                index = rows_of[padded_index(start, n, size)]
+                # a short last block (a short last batch) pads to the next 8 rows only, not a whole block
+                index = rows_of[padded_index(start, n, size if n == size else min(size, -(-n // 8) * 8))]
                 xs = tuple(arch.final_norm(h[index.to(h.device)]) for h, arch in zip(sides[:n_sides], arches))
                 kl, mass_p, mass_q = A.lens_figures(xs, logits, caps[:n_sides], self.vocab, member, chunk,
                                                     self._lens_index[chunk])

@@ -644,6 +644,23 @@ def test_layer_figures_equal_before_with_the_same_head_and_a_lora_head(models):
     _assert_tables_equal(new, old)
 
 
+def test_a_short_last_batch_pads_its_lens_block_to_8_rows(models, monkeypatch):
+    """The first batch settles the lens block (its rows, rounded up to 8); a shorter batch
+    after it pads to its own rows rounded up to 8, not to a whole block, with the figures
+    equal to the reference's."""
+    import driftscope.layers as layers_module
+
+    base = copy.deepcopy(models["llama"]).double()
+    tuned = perturb(base, scale=0.3)  # every lens layer two-sided
+    blocks = []
+    real = A.lens_figures
+    monkeypatch.setattr(layers_module.A, "lens_figures", lambda xs, *a, **k: blocks.append(len(xs[0])) or real(xs, *a, **k))
+    data = batches(1, size=5) + batches(1, size=1, seed=1)  # 3 lens layers x (5, then 1) next positions
+    new, old = _run_pair(base, tuned, data, lens_layers=3)
+    assert new.lens_rows == {False: 16, True: None} and blocks == [16, 8]
+    _assert_tables_equal(new, old)
+
+
 def test_lens_figures_equal_the_log_softmax_path_across_rescales():
     """The chunked lens (a running reference max, rescaled when a later chunk's
     logits pass it by more than 64) against log_softmax over whole rows."""
