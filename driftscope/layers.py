@@ -174,13 +174,14 @@ class LayerAccumulator:
         if wb.shape != wt.shape:
             raise ArchitectureError(f"{label}: LM head {tuple(wt.shape)} against the base's {tuple(wb.shape)}")
         self.d = wb.shape[1]
-        self.head_b = self._stats(cache, self.base.lm_head, wb)
-        same = wb is wt or torch.equal(wb, wt.to(wb.device))
-        self.change = None if same else H.head_change(wb, self.head_b.mu, wt, self.membership.bool())
+        # Comparisons first, while the base head's grams may still be on their thread (HeadSums).
         # The same final norm, head and softcap on both sides: equal states read out equal lens log-probs.
-        self._same_readout = (_same_module(self.base.final_norm, self.tuned.final_norm)
-                              and _same_module(self.base.lm_head, self.tuned.lm_head)
+        same_head = _same_module(self.base.lm_head, self.tuned.lm_head)
+        self._same_readout = (same_head and _same_module(self.base.final_norm, self.tuned.final_norm)
                               and self.base.softcap == self.tuned.softcap)
+        same = same_head or wb is wt or torch.equal(wb, wt.to(wb.device))
+        self.head_b = self._stats(cache, self.base.lm_head, wb)
+        self.change = None if same else H.head_change(wb, self.head_b.mu, wt, self.membership.bool())
         self.cka_dims = self.d if self.d <= cka_exact_max else cka_dims
         self.proj = None if self.d <= cka_exact_max else A.random_projection(self.d, cka_dims, seed)  # (d, k)
         self.device: torch.device | None = None  # set on the first update, where the states live

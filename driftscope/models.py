@@ -330,8 +330,16 @@ def _adapter_target(adapter: Path, base: Checkpoint) -> tuple[bool, str | None]:
 
 
 def load_base(path: str | Path, device="auto", dtype="auto", allow_pickle=False,
-              device_map: str | None = None, max_memory: str | None = None) -> Checkpoint:
-    path = Path(path)
+              device_map: str | None = None, max_memory: str | None = None, on_model=None) -> Checkpoint:
+    """The base checkpoint. `on_model(model)`, when given, is called as soon as the weights
+    are loaded, before the tokenizer (work that needs only the weights starts early)."""
+    ck = _load_base(Path(path), device, dtype, allow_pickle, device_map, max_memory, on_model)
+    if on_model is not None and ck.kind != "model":
+        on_model(ck.model)
+    return ck
+
+
+def _load_base(path: Path, device, dtype, allow_pickle, device_map, max_memory, on_model) -> Checkpoint:
     place = placement(device_map, max_memory)
     kind = checkpoint_kind(path)
     dev = resolve_device(device)
@@ -347,6 +355,8 @@ def load_base(path: str | Path, device="auto", dtype="auto", allow_pickle=False,
     if kind == "gguf":
         return _load_gguf(path, path.name, dev, dt)
     model = _load_model(path, dev, dt, allow_pickle, place)
+    if on_model is not None:
+        on_model(model)
     return Checkpoint(path.name or str(path), str(path), "model", fingerprint(path), model, _load_tokenizer(path),
                       model_path=str(path), placement=place)
 

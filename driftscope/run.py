@@ -250,8 +250,10 @@ class _Run:
     def paired(self, base: Path, tuned_paths, suites, classes, layers: bool, accuracy: bool, progress):
         s, group = self.s, self.group
         with group.together():
-            base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory)
-            shared = {"head_sums": HeadSums.start(base_ck.model)} if layers else {}  # overlaps what follows
+            shared: dict = {}  # the base head's grams start on a thread as soon as its weights are in
+            start = (lambda model: shared.update(head_sums=HeadSums.start(model))) if layers else None
+            base_ck = load_base(base, s.device, s.dtype, s.allow_pickle, device_map=s.device_map, max_memory=s.max_memory,
+                                on_model=start)
             pause_if_testing("loading")
             tuned_cks = [load_tuned(p, base_ck, label, s.allow_pickle) for p, label in zip(tuned_paths, _labels(tuned_paths))]
             inputs = _prepare(suites, base_ck.tokenizer, base_ck.n_ctx, [base_ck, *tuned_cks], s, classes)

@@ -176,6 +176,21 @@ def test_a_tuned_folder_with_the_base_tokenizer_files_shares_its_tokenizer(famil
     assert align_vocab(base.tokenizer, own.tokenizer).status == "identical"
 
 
+def test_load_base_hands_the_weights_over_before_the_tokenizer_loads(family, monkeypatch):
+    """on_model runs as soon as the weights are in (the base head's grams start there, on a
+    thread), before the tokenizer loads; for an adapter as BASE, on the merged model."""
+    import driftscope.models as models
+
+    order = []
+    real = models._load_tokenizer
+    monkeypatch.setattr(models, "_load_tokenizer", lambda path: order.append("tokenizer") or real(path))
+    base = models.load_base(family["base"], "cpu", "float32", on_model=lambda m: order.append(m))
+    assert order == [base.model, "tokenizer"]
+    order.clear()
+    merged = models.load_base(family["lora"], "cpu", "float32", on_model=lambda m: order.append(m))
+    assert merged.kind == "adapter" and order[-1] is merged.model
+
+
 def test_interrupted_write_leaves_nothing(family, tmp_path, monkeypatch):
     r = run(family, ["copy"], tmp_path, out=None)
     target = tmp_path / "runs" / "x"
