@@ -64,7 +64,7 @@ ENTRY_FRACTION = 0.5  # drift "enters" at the first layer reaching this share of
 NOISE_FLOOR = 1e-6  # a final-layer rel_l2 below this is no drift at all
 LENS_MAX_ROWS = 1024  # lens rows per block at most (a plain Linear head)
 STACK_ELEMENTS = 1 << 22  # elements of one side's stacked (layers, positions, d) states at most
-LENS_ELEMENTS = 1 << 22  # lens logits per side per vocabulary chunk (rows x ids): few, large products
+LENS_ELEMENTS = 1 << 19  # lens logits per side per vocabulary chunk (rows x ids): its float64 passes stay in cache
 
 
 def component_modules(arch: Architecture) -> dict[str, tuple[nn.Module, ...]]:
