@@ -337,6 +337,8 @@ class LayerAccumulator:
             if chunk not in self._lens_index:  # which ids of each chunk are in a class
                 self._lens_index[chunk] = A.class_index(member, self.vocab, chunk)
             logits = tuple(A.head_logits(h, self.vocab, chunk) for h in heads[:n_sides])
+            if self._same_readout and n_sides == 2:  # equal heads: one function, both sides' rows in one product
+                logits = (logits[0], logits[0])
             for start in range(0, total, size):
                 n = min(size, total - start)
                 # a short last block (a short last batch) pads to the next 8 rows only, not a whole block

@@ -246,6 +246,8 @@ def lens_figures(xs: tuple[torch.Tensor, torch.Tensor], logits: tuple[Callable, 
     exactly as lens_logprobs. With S = sum e, dd = (z_p - m_p) - (z_q - m_q) and
     T = sum e_p dd:  log p - log q = dd - log(S_p / S_q), so
     KL = T / S_p - log(S_p / S_q), and a class's mass is its sum of e over S.
+    Given one function for both sides (equal heads), both sides' rows go through
+    it in one product: twice the rows, the head's weight read once.
     """
     r = xs[0].shape[0]
     dev = member.device
@@ -256,6 +258,9 @@ def lens_figures(xs: tuple[torch.Tensor, torch.Tensor], logits: tuple[Callable, 
     sums = torch.zeros(len(xs), r, n_cls + 1, dtype=torch.float64, device=dev)  # each class's sum of e, then S
     t = torch.zeros(r, dtype=torch.float64, device=dev)
     m = None
+    # both sides through one head (the same function, softcap and device): their rows in one product
+    one_head = two and logits[0] is logits[1] and softcaps[0] == softcaps[1] and xs[0].device == xs[1].device
+    stacked = torch.cat(xs) if one_head else None
     # one buffer each for the whole vocabulary: the logits, e, dd
     z = torch.empty(len(xs), r, chunk, dtype=torch.float32, device=dev)
     e = torch.empty(len(xs), r, chunk, dtype=torch.float64, device=dev)
@@ -263,8 +268,11 @@ def lens_figures(xs: tuple[torch.Tensor, torch.Tensor], logits: tuple[Callable, 
     for a, b in _chunks(vocab, chunk):
         n = b - a
         zz, ee, de = (z, e, dd) if n == chunk else (z[..., :n], e[..., :n], dd[:, :n])
-        for i, (f, x, cap) in enumerate(zip(logits, xs, softcaps)):
-            zz[i].copy_(_capped(f(x, a, b).float().to(dev), cap))
+        if stacked is not None:  # one head for both sides: one product over both sides' rows
+            zz.copy_(_capped(logits[0](stacked, a, b).float().to(dev), softcaps[0]).view(2, r, n))
+        else:
+            for i, (f, x, cap) in enumerate(zip(logits, xs, softcaps)):
+                zz[i].copy_(_capped(f(x, a, b).float().to(dev), cap))
         top = zz.amax(-1).double()  # (2, R)
         if m is None:
             m = top
