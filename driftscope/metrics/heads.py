@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 
+from driftscope.metrics.activations import _chunks
+
 F64 = torch.float64
 
 
@@ -84,10 +86,6 @@ class Sums(NamedTuple):
 
 def _work(weight: torch.Tensor) -> torch.dtype:
     return F64 if weight.dtype == F64 else torch.float32
-
-
-def _chunks(n: int, size: int):
-    return ((a, min(a + size, n)) for a in range(0, n, size))
 
 
 class _Exact:
