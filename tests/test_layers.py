@@ -674,10 +674,10 @@ def test_lens_figures_equal_the_log_softmax_path_across_rescales():
     bump[50:] = 300.0
     member = CLASSES.membership.double()
     for cap in (None, 400.0):
-        heads = [lambda h, a, b, w=w: (h @ w[a:b].T + bump[a:b]).float() for w in (wp, wq)]
+        heads = [lambda h, a, b, w=w: (w[a:b] @ h.T + bump[a:b, None]).float() for w in (wp, wq)]
         for chunk in (7, 16, V):
             kl, mp, mq = A.lens_figures((x, x), heads, (cap, cap), V, member, chunk)
-            logp, logq = (torch.log_softmax(A._capped(f(x, 0, V).float(), cap).double(), -1) for f in heads)
+            logp, logq = (torch.log_softmax(A._capped(f(x, 0, V).T.float(), cap).double(), -1) for f in heads)
             assert kl.tolist() == pytest.approx(D.kl_finite(logp, logq).tolist(), rel=1e-9)
             assert mp.flatten().tolist() == pytest.approx(D.class_masses(logp, member).flatten().tolist(), rel=1e-9, abs=1e-300)
             assert mq.flatten().tolist() == pytest.approx(D.class_masses(logq, member).flatten().tolist(), rel=1e-9, abs=1e-300)

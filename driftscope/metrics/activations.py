@@ -208,19 +208,23 @@ def lens_logprobs(hidden: torch.Tensor, norm: Callable, head: Callable, softcap:
 
 
 def head_logits(head: Callable, vocab: int, chunk: int) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
-    """A function (x, a, b) -> the head's logits for ids [a, b) on rows x, in the
-    head's own dtype. A plain Linear head multiplies by rows a..b of its weight
-    only (each logit is the same dot product the whole head computes); any other
-    head (a PEFT-wrapped one) runs whole on x once per x, then is sliced."""
+    """A function (x, a, b) -> the head's logits for ids [a, b) on rows x, as
+    (b - a, rows), in the head's own dtype. A plain Linear head multiplies rows
+    a..b of its weight by x^T (each logit is the same dot product the whole head
+    computes; in this order the product runs near the CPU's peak for any number
+    of rows, where x @ w[a:b]^T swings by 1.5x with the shape); any other head
+    (a PEFT-wrapped one) runs whole on x once per x, then is sliced."""
     if type(head) is torch.nn.Linear:
         w, bias = head.weight, head.bias
-        return lambda x, a, b: torch.nn.functional.linear(x, w[a:b], None if bias is None else bias[a:b])
+        if bias is None:
+            return lambda x, a, b: torch.mm(w[a:b], x.T)
+        return lambda x, a, b: torch.addmm(bias[a:b, None], w[a:b], x.T)
     last: list = [None, None]
 
     def sliced(x, a, b):
         if last[0] is not x:
             last[0], last[1] = x, head(x)
-        return last[1][:, a:b]
+        return last[1][:, a:b].T
 
     return sliced
 
@@ -233,15 +237,16 @@ def lens_figures(xs: tuple[torch.Tensor, torch.Tensor], logits: tuple[Callable, 
     models: the old computation gave both sides the same log-probs bit for bit),
     KL is 0 and the tuned side's masses are the base's.
 
-    xs: each model's final-normed states (R, d); logits: head_logits() of each;
-    member (vocab, C); `index` is class_index(member, vocab, chunk), made
-    here when not given. Returns KL(p||q) (R,) and each side's class
-    masses (R, C), float64, equal to lens_logprobs() followed by
+    xs: each model's final-normed states (R, d); logits: head_logits() of each
+    ((ids, rows) blocks); member (vocab, C); `index` is class_index(member,
+    vocab, chunk), made here when not given. Returns KL(p||q) (R,) and each
+    side's class masses (R, C), float64, equal to lens_logprobs() followed by
     divergence.kl_finite and class_masses up to float64 rounding (tested).
 
-    The vocabulary goes through in chunks of `chunk` ids; per row and side a
-    reference m (the first chunk's max, raised only where a later chunk's max
-    passes it by more than 64 nats, the sums then rescaled) gives
+    The vocabulary goes through in chunks of `chunk` ids, each an (ids, sides x
+    R) block: every reduction runs down the ids, over contiguous rows. Per row
+    and side a reference m (the first chunk's max, raised only where a later
+    chunk's max passes it by more than 64 nats, the sums then rescaled) gives
     e = exp(z - m) in float64, z the head's logits after any softcap in float32,
     exactly as lens_logprobs. With S = sum e, dd = (z_p - m_p) - (z_q - m_q) and
     T = sum e_p dd:  log p - log q = dd - log(S_p / S_q), so
@@ -253,62 +258,61 @@ def lens_figures(xs: tuple[torch.Tensor, torch.Tensor], logits: tuple[Callable, 
     dev = member.device
     chunk = min(chunk, vocab)
     index = class_index(member, vocab, chunk) if index is None else index
-    n_cls = member.shape[1]
     two = len(xs) == 2
-    sums = torch.zeros(len(xs), r, n_cls + 1, dtype=torch.float64, device=dev)  # each class's sum of e, then S
+    cols = len(xs) * r  # each side's rows, side by side
+    sums = torch.zeros(member.shape[1] + 1, cols, dtype=torch.float64, device=dev)  # each class's sum of e, then S
     t = torch.zeros(r, dtype=torch.float64, device=dev)
     m = None
     # both sides through one head (the same function, softcap and device): their rows in one product
     one_head = two and logits[0] is logits[1] and softcaps[0] == softcaps[1] and xs[0].device == xs[1].device
     stacked = torch.cat(xs) if one_head else None
     # one buffer each for the whole vocabulary: the logits, e, dd
-    z = torch.empty(len(xs), r, chunk, dtype=torch.float32, device=dev)
-    e = torch.empty(len(xs), r, chunk, dtype=torch.float64, device=dev)
-    dd = torch.empty(r if two else 0, chunk, dtype=torch.float64, device=dev)
+    z = torch.empty(chunk, cols, dtype=torch.float32, device=dev)
+    e = torch.empty(chunk, cols, dtype=torch.float64, device=dev)
+    dd = torch.empty(chunk, r if two else 0, dtype=torch.float64, device=dev)
     for a, b in _chunks(vocab, chunk):
-        n = b - a
-        zz, ee, de = (z, e, dd) if n == chunk else (z[..., :n], e[..., :n], dd[:, :n])
+        zz, ee, de = z[: b - a], e[: b - a], dd[: b - a]
         if stacked is not None:  # one head for both sides: one product over both sides' rows
-            zz.copy_(_capped(logits[0](stacked, a, b).float().to(dev), softcaps[0]).view(2, r, n))
+            zz.copy_(_capped(logits[0](stacked, a, b).float().to(dev), softcaps[0]))
         else:
             for i, (f, x, cap) in enumerate(zip(logits, xs, softcaps)):
-                zz[i].copy_(_capped(f(x, a, b).float().to(dev), cap))
-        top = zz.amax(-1).double()  # (2, R)
+                zz[:, i * r:(i + 1) * r].copy_(_capped(f(x, a, b).float().to(dev), cap))
+        top = zz.amax(0).double()  # (cols,)
         if m is None:
             m = top
         elif bool((top > m + 64).any()):  # exp(z - m) could overflow: raise m there, rescale the sums
             new = torch.maximum(m, top)
             f = (m - new).exp()
             if two:
-                t = f[0] * (t + sums[0, :, -1] * ((m[0] - m[1]) - (new[0] - new[1])))
-            sums, m = sums * f[..., None], new
-        ee.copy_(zz).sub_(m[..., None])  # float64: exact
+                t = f[:r] * (t + sums[-1, :r] * ((m[:r] - m[r:]) - (new[:r] - new[r:])))
+            sums, m = sums * f, new
+        ee.copy_(zz).sub_(m)  # float64: exact
         if two:
-            torch.sub(ee[0], ee[1], out=de)
+            torch.sub(ee[:, :r], ee[:, r:], out=de)
         ee.exp_()
-        sums[..., -1] += ee.sum(-1)
+        sums[-1] += ee.sum(0)
         # the classes' sums over their ids only (classes are sparse in a vocabulary)
         ids, sub = index[a // chunk]
         if len(ids):
-            sums[..., :-1] += ee.index_select(-1, ids) @ sub
+            sums[:-1] += sub @ ee.index_select(0, ids)
         if two:
-            t += torch.bmm(ee[0].unsqueeze(1), de.unsqueeze(2)).view(-1)
-    s = sums[..., -1]
-    masses = sums[..., :-1] / s[..., None]
+            t += de.mul_(ee[:, :r]).sum(0)
+    s = sums[-1]
+    masses = (sums[:-1] / s).T  # (cols, C)
     if not two:
-        return t, masses[0], masses[0]
-    kl = (t / s[0] - (s[0] / s[1]).log()).clamp_min(0.0)
-    return kl, masses[0], masses[1]
+        return t, masses, masses
+    kl = (t / s[:r] - (s[:r] / s[r:]).log()).clamp_min(0.0)
+    return kl, masses[:r], masses[r:]
 
 
 def class_index(member: torch.Tensor, vocab: int, chunk: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per vocabulary chunk of lens_figures: the ids (relative to the chunk) in
-    any class, and their (ids, C) float64 membership rows."""
+    any class, and their (C, ids) float64 membership columns."""
     out = []
     for a, b in _chunks(vocab, min(chunk, vocab)):
         rows = member[a:b].to(torch.bool)
         ids = rows.any(1).nonzero().flatten()
-        out.append((ids, rows[ids].to(torch.float64)))
+        out.append((ids, rows[ids].T.contiguous().to(torch.float64)))
     return out
 
 
