@@ -106,7 +106,10 @@ PARTITION = ("special", "numeric", "whitespace", "punctuation", "other")
 
 def token_texts(tokenizer) -> list[str]:
     """Each id's surface text, space markers turned back into spaces."""
-    pieces = [p or "" for p in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer: its ids read in Rust, one call each
+    ids = range(len(tokenizer))
+    pieces = [p or "" for p in ([backend.id_to_token(i) for i in ids] if backend is not None
+                                else tokenizer.convert_ids_to_tokens(list(ids)))]
     joined = _SEP.join(pieces)
     if joined.count(_SEP) == len(pieces) - 1:  # unmarked all at once: no piece holds the separator
         for marker, text in _SPACE_MARKERS.items():
@@ -165,13 +168,12 @@ def build_classes(texts: list[str], special_ids: set[int], user: dict[str, str] 
     names = tuple(classes)
     # decided in Python lists, one tensor at the end: item assignment into a tensor costs
     # a microsecond each, seconds at a 262k vocabulary
-    textual = [i not in special_ids and t != "" for i, t in enumerate(texts)]
-    special = [i in special_ids for i in range(len(texts))]
-    columns = []
-    for cls in classes.values():
-        columns.append(special if cls.special else [ok and m for ok, m in zip(textual, cls.decide(stripped))])
-    member = torch.stack([torch.frombuffer(bytearray(col), dtype=torch.bool) for col in columns], 1) if texts else \
-        torch.zeros(0, len(names), dtype=torch.bool)  # bytearray: Python bools to bytes in C, no tensor per element
+    # bytearray: Python bools to bytes in C, no tensor per element
+    as_tensor = lambda col: torch.frombuffer(bytearray(col), dtype=torch.bool) if col else torch.zeros(0, dtype=torch.bool)  # noqa: E731
+    special = as_tensor([i in special_ids for i in range(len(texts))])
+    textual = as_tensor([t != "" for t in texts]) & ~special
+    columns = [special if cls.special else as_tensor(cls.decide(stripped)) & textual for cls in classes.values()]
+    member = torch.stack(columns, 1) if columns else torch.zeros(len(texts), 0, dtype=torch.bool)
     partition = torch.zeros(len(texts), len(PARTITION), dtype=torch.bool)
     taken = torch.zeros(len(texts), dtype=torch.bool)
     for j, name in enumerate(PARTITION[:-1]):

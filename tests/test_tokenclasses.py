@@ -49,6 +49,20 @@ def test_real_tokenizers_strip_space_markers(request, fixture, marker, pieces):
     assert table.partition.shape[1] == len(PARTITION)
 
 
+@pytest.mark.parametrize("fixture", ["bpe_tokenizer", "sp_tokenizer"])
+def test_token_texts_read_through_the_backend_equal_convert_ids_to_tokens(request, fixture):
+    """token_texts reads a fast tokenizer's ids in Rust; added tokens, special or not, read
+    the same as through transformers' convert_ids_to_tokens."""
+    import copy
+
+    tok = copy.deepcopy(request.getfixturevalue(fixture))
+    tok.add_tokens(["<new_word>"])
+    tok.add_special_tokens({"additional_special_tokens": ["<|tool|>"]})
+    slow = type("Slow", (), {"__len__": lambda self: len(tok), "convert_ids_to_tokens": lambda self, ids: tok.convert_ids_to_tokens(ids)})()
+    assert token_texts(tok) == token_texts(slow)
+    assert token_texts(tok)[-2:] == ["<new_word>", "<|tool|>"]
+
+
 def test_user_class_and_bad_regex():
     got = classify([" yes", "No", "maybe"], user={"yesno": "(?i)yes|no"})
     assert "yesno" in got[" yes"] and "yesno" in got["No"] and "yesno" not in got["maybe"]
