@@ -76,14 +76,15 @@ class OffsetEstimator:
         """sums of log q - the base's sums of log p over the same positions: the paired sums, exactly."""
         self.sums -= base_sums.double()
 
-    def offsets(self) -> torch.Tensor:
-        """(K, V): the offset to subtract from items of fold k (other folds' mean)."""
-        total, n = self.sums.sum(0), self.counts.sum()
-        rest = (n - self.counts).clamp_min(1)[:, None]
-        return ((total[None] - self.sums) / rest).float()
+    def offsets(self, a: int = 0, b: int | None = None) -> torch.Tensor:
+        """(K, b - a): the offset to subtract from items of fold k (other folds' mean), ids [a, b)."""
+        sums = self.sums[:, a:b]
+        rest = (self.counts.sum() - self.counts).clamp_min(1)[:, None]
+        return ((sums.sum(0)[None] - sums) / rest).float()
 
-    def for_probes(self, probe_idx: torch.Tensor) -> torch.Tensor:
-        return self.offsets()[self.fold[probe_idx]]
+    def for_probes(self, probe_idx: torch.Tensor, a: int = 0, b: int | None = None) -> torch.Tensor:
+        """(N, b - a): each probe's offsets for ids [a, b) (default: all)."""
+        return self.offsets(a, b)[self.fold[probe_idx]]
 
 
 # -- free answers -------------------------------------------------------------

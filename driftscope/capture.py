@@ -349,8 +349,9 @@ def capture(model: torch.nn.Module, modules: dict[str, torch.nn.Module] | None =
         if hidden.dim() != 3 or state.rows is None:  # project() on gathered states, or another state's pass
             return None
         state.final = hidden[state.rows, state.cols]
-        # contiguous: a strided (B, 1, d) view makes the head product several times slower
-        return (hidden[:, :1, :].contiguous(),) + tuple(args[1:])  # the model's own logits: (B, 1, V), unused
+        # no rows: the model's own logits are (B, 0, V), unused, and its head reads none of its
+        # weight (at a 262k vocabulary even one row per sequence read 671 MB per forward pass)
+        return (hidden[:, :0, :],) + tuple(args[1:])
 
     def gather(name):
         def hook(_module, _args, output):

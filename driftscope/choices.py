@@ -17,12 +17,15 @@ log-softmax (tests/test_choices.py pins it).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import defaultdict
 
 import numpy as np
 import torch
 
+from driftscope.architectures import softcap_of
 from driftscope.capture import Encoded, block_rows, capture, make_batches, padded_index, project
+from driftscope.metrics import activations as A
 from driftscope.placement import input_device
 
 
@@ -52,12 +55,55 @@ def left_padded(prompts: list[tuple[int, ...]], pad: int, device) -> tuple[torch
     return ids.to(device), mask.to(device)
 
 
+CHUNK_ELEMENTS = 1 << 19  # logits per vocabulary chunk of the streamed head (rows x ids)
+PENDING_ROWS = 1024  # states gathered for one streamed head product at most (memory: rows x d_model)
+
+
 @torch.inference_mode()
 def _gold_logprobs(model, hidden: torch.Tensor, gold: torch.Tensor, probe: torch.Tensor, vocab: int, offsets_of,
                    size: int) -> tuple[np.ndarray, np.ndarray]:
     """log p(gold) per row of `hidden` (N, d), plain and (with `offsets_of`, given each row's
-    probe) corrected, float64, in blocks of `size` rows (the last repeats its final row, as
-    capture.blocks does), so no (N, vocab) tensor is built."""
+    probe) corrected, float64, with no (N, vocab) tensor: a plain head streams the
+    vocabulary (`_streamed`), any other (PEFT-wrapped, offloaded) runs in blocks of `size` rows."""
+    head = model.get_output_embeddings()
+    if type(head) is torch.nn.Linear and head.weight.device.type != "meta" and len(gold):
+        return _streamed(head, softcap_of(model), hidden, gold, probe, vocab, offsets_of)
+    return _blocked(model, hidden, gold, probe, vocab, offsets_of, size)
+
+
+@torch.inference_mode()
+def _streamed(head: torch.nn.Linear, cap: float | None, hidden, gold, probe, vocab: int, offsets_of):
+    """_gold_logprobs with every row in one head product per vocabulary chunk (the head's
+    weight read once, not once per block of 8 rows at a 262k vocabulary). With z the
+    head's float32 logits after any softcap:
+        log p(g) = z_g - lse(z),  and the corrected  log_softmax(log p - off)(g) = z_g - off_g - lse(z - off)
+    (lse(z) cancels), each lse in float64 over the chunks with a running max."""
+    dev = head.weight.device
+    x, gold = hidden.to(dev), gold.to(dev)
+    n = len(gold)
+    chunk = max(256, min(vocab, CHUNK_ELEMENTS // n))
+    logits = A.head_logits(head, vocab, chunk)
+    sides = 1 if offsets_of is None else 2
+    top = torch.full((sides, n), -math.inf, dtype=torch.float64, device=dev)  # running max, per row
+    total = torch.zeros(sides, n, dtype=torch.float64, device=dev)  # sum of exp(z - top)
+    at_gold = torch.zeros(sides, n, dtype=torch.float64, device=dev)
+    cols = torch.arange(n, device=dev)
+    for a, b in A._chunks(vocab, chunk):
+        z = A._capped(logits(x, a, b).float(), cap).double()  # (ids, N)
+        zs = (z,) if offsets_of is None else (z, z - offsets_of(probe, a, b).to(dev, torch.float64).T)
+        inside = (gold >= a) & (gold < b)
+        for k, zk in enumerate(zs):
+            new = torch.maximum(top[k], zk.amax(0))
+            ref = torch.where(torch.isfinite(new), new, 0.0)
+            total[k] = total[k] * (top[k] - ref).exp() + (zk - ref).exp_().sum(0)
+            top[k] = new
+            at_gold[k, inside] = zk[gold[inside] - a, cols[inside]]
+    out = (at_gold - torch.where(torch.isfinite(top), top, 0.0) - total.log()).cpu().numpy()
+    return out[0], (out[1] if sides == 2 else np.zeros(n))
+
+
+def _blocked(model, hidden, gold, probe, vocab: int, offsets_of, size: int):
+    """_gold_logprobs in blocks of `size` rows (the last repeats its final row, as capture.blocks does)."""
     plain, corrected = np.zeros(len(gold)), np.zeros(len(gold))
     for start in range(0, len(gold), size):
         n = min(size, len(gold) - start)
@@ -76,12 +122,12 @@ class _NoCacheSelect(Exception):
 
 
 @torch.inference_mode()
-def _score_groups(model, seqs, keys, groups, pad, vocab, offsets_of, ll, ll_corr, count) -> None:
-    """One batch of items: their prompts once, then every choice's tokens after its prompt's cache."""
+def _score_groups(model, seqs, keys, groups, pad, pending: _Pending) -> None:
+    """One batch of items: their prompts once, then every choice's tokens after its prompt's cache;
+    the states that predict choice tokens go to `pending` for the head."""
     from driftscope.answers import CACHE
 
     device = input_device(model)
-    size = block_rows(vocab)
     first = [seqs[g[0]] for g in groups]
     ids, mask = left_padded([e.ids[: e.n_prompt] for e in first], pad, device)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -101,9 +147,8 @@ def _score_groups(model, seqs, keys, groups, pad, vocab, offsets_of, ll, ll_corr
             raise _NoCacheSelect
         # each choice's first token, from its item's last prompt position
         gold0 = torch.tensor([seqs[s].ids[seqs[s].n_prompt] for s in members])
-        p0, c0 = _gold_logprobs(model, state.final[item_of.to(state.final.device)], gold0, probe_of, vocab, offsets_of, size)
+        pending.add(state.final[item_of.to(state.final.device)], gold0, probe_of, members)
         if not width:
-            _add(ll, ll_corr, count, members, p0, c0)
             return
         cache.batch_select_indices(item_of.cpu())  # a CPU index serves layers on any device
         tail = torch.full((len(members), width), pad, dtype=torch.long)
@@ -124,16 +169,37 @@ def _score_groups(model, seqs, keys, groups, pad, vocab, offsets_of, ll, ll_corr
                   **{CACHE: cache})
         finally:
             state.rows = state.cols = None
-        row_of = torch.tensor(row_of)
-        pk, ck = _gold_logprobs(model, state.final, torch.tensor(gold), probe_of[row_of], vocab, offsets_of, size)
-    _add(ll, ll_corr, count, members, p0, c0)
-    _add(ll, ll_corr, count, [members[r] for r in row_of.tolist()], pk, ck)
+        pending.add(state.final, torch.tensor(gold), probe_of[torch.tensor(row_of)], [members[r] for r in row_of])
 
 
-def _add(ll, ll_corr, count, seq: list[int], plain: np.ndarray, corrected: np.ndarray) -> None:
-    np.add.at(ll, seq, plain)
-    np.add.at(ll_corr, seq, corrected)
-    np.add.at(count, seq, 1)
+class _Pending:
+    """States waiting for the LM head, gathered over batches of items: the head then runs on
+    up to PENDING_ROWS rows at once (_gold_logprobs), not on each batch's few. Their log-probs
+    add into `ll`, `ll_corr` and `count` per choice sequence."""
+
+    def __init__(self, model, vocab: int, offsets_of, n_seqs: int):
+        self.model, self.vocab, self.offsets_of = model, vocab, offsets_of
+        self.ll, self.ll_corr, self.count = np.zeros(n_seqs), np.zeros(n_seqs), np.zeros(n_seqs)
+        self.rows: list[tuple] = []
+        self.n = 0
+
+    def add(self, hidden: torch.Tensor, gold: torch.Tensor, probe: torch.Tensor, seq: list[int]) -> None:
+        self.rows.append((hidden, gold, probe, seq))
+        self.n += len(gold)
+        if self.n >= PENDING_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        hidden, gold, probe, seq = zip(*self.rows)
+        seq = [s for part in seq for s in part]
+        plain, corrected = _gold_logprobs(self.model, torch.cat(hidden), torch.cat(gold), torch.cat(probe), self.vocab,
+                                          self.offsets_of, block_rows(self.vocab))
+        np.add.at(self.ll, seq, plain)
+        np.add.at(self.ll_corr, seq, corrected)
+        np.add.at(self.count, seq, 1)
+        self.rows, self.n = [], 0
 
 
 def _batched(groups: list[list[int]], batch_size: int):
@@ -158,15 +224,17 @@ def choice_logliks_shared(model, seqs: list[Encoded], keys: list[tuple[int, int]
     from driftscope.answers import choice_logliks
     from driftscope.memory import release_free_memory
 
-    ll, ll_corr, count = np.zeros(len(seqs)), np.zeros(len(seqs)), np.zeros(len(seqs))
+    pending = _Pending(model, vocab, offsets_of, len(seqs))
     groups, rest = shared_prompt_groups(seqs, keys)
     groups.sort(key=lambda g: (seqs[g[0]].n_prompt, keys[g[0]][0]))
     for batch in _batched(groups, batch_size):
         try:
-            _score_groups(model, seqs, keys, batch, pad, vocab, offsets_of, ll, ll_corr, count)
+            _score_groups(model, seqs, keys, batch, pad, pending)
         except _NoCacheSelect:
             rest += [s for g in batch for s in g]
         release_free_memory()
+    pending.flush()
+    ll, ll_corr, count = pending.ll, pending.ll_corr, pending.count
     if rest:  # the full sequences, renumbered for choice_logliks and put back in place
         sub = [dataclasses.replace(seqs[s], index=n) for n, s in enumerate(rest)]
         device = input_device(model)

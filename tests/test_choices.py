@@ -39,7 +39,7 @@ def items(n: int, seed: int = 0, ragged: bool = True) -> tuple[list[Encoded], li
 
 def offsets_fn(n_items: int, seed: int = 1):
     table = torch.randn(n_items, VOCAB, generator=torch.Generator().manual_seed(seed)) * 0.5
-    return lambda probe: table[probe]
+    return lambda probe, a=0, b=None: table[probe, a:b]
 
 
 def both(model, seqs, keys, offsets_of=None, batch_size=3):
@@ -160,3 +160,34 @@ def test_rows_that_finish_early_leave_the_batch_and_the_rest_decode_the_same(fam
             else:
                 assert got[v][r] == row
     assert got != free
+
+
+@pytest.mark.parametrize("cap", [None, 30.0])
+def test_the_streamed_head_equals_a_float64_log_softmax_across_chunks(cap, monkeypatch):
+    """A plain head's gold log-probs stream the vocabulary in chunks with a running max
+    (here 256 ids, then 44 whose logits sit 50 nats above): equal to log_softmax over
+    whole rows in float64, plain and corrected."""
+    import driftscope.choices as C
+
+    g = torch.Generator().manual_seed(5)
+    V, d, n = 300, 8, 7
+    # float64 weights: both sides round the same products to the same float32 logits
+    head = torch.nn.Linear(d, V + 4, bias=True, dtype=torch.float64)  # 4 rows past the vocabulary width: left out
+    head.weight.data = torch.randn(V + 4, d, generator=g, dtype=torch.float64)
+    head.bias.data = torch.zeros(V + 4, dtype=torch.float64)
+    head.bias.data[256:] = 50.0
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    gold = torch.tensor([0, 5, 255, 256, 299, 17, 280])
+    probe = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    table = torch.randn(3, V, generator=g)
+    offsets_of = lambda p, a=0, b=None: table[p, a:b]  # noqa: E731
+    monkeypatch.setattr(C, "CHUNK_ELEMENTS", 1)  # the smallest chunk: 256 ids
+    plain, corr = C._streamed(head, cap, x, gold, probe, V, offsets_of)
+    with torch.inference_mode():
+        z = head(x)[:, :V].float()
+    z = (torch.tanh(z / cap) * cap if cap else z).double()
+    logp = torch.log_softmax(z, -1)
+    want = logp.gather(-1, gold[:, None]).squeeze(-1)
+    want_corr = torch.log_softmax(logp - table[probe].double(), -1).gather(-1, gold[:, None]).squeeze(-1)
+    np.testing.assert_allclose(plain, want.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(corr, want_corr.numpy(), rtol=1e-12, atol=1e-12)

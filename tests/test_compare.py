@@ -119,7 +119,7 @@ def test_several_checkpoints_share_one_base_pass(family, tmp_path):
     assert set(r.tables["positions"]["checkpoint"].unique()) == {"copy", "lora", "tuned"}
 
 
-def test_head_sees_one_position_and_hooks_are_removed(family):
+def test_head_sees_no_position_and_hooks_are_removed(family):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(family["base"]).eval()
@@ -135,7 +135,7 @@ def test_head_sees_one_position_and_hooks_are_removed(family):
             assert state.final.shape == (3, 32) and state.modules["layer0"].shape == (3, 32)
             raise RuntimeError("boom")
     watcher.remove()
-    assert seen[0] == (3, 1, model.config.vocab_size)  # never (batch, length, vocab)
+    assert seen[0] == (3, 0, model.config.vocab_size)  # never (batch, length, vocab): the head reads no weight
     assert not head._forward_pre_hooks and not head._forward_hooks and not layer._forward_hooks
 
 
