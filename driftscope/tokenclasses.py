@@ -166,14 +166,13 @@ def build_classes(texts: list[str], special_ids: set[int], user: dict[str, str] 
         classes[name] = regex_class(name, pattern)
     stripped = [t.strip() for t in texts]  # strip_text, inlined: 262k calls
     names = tuple(classes)
-    # decided in Python lists, one tensor at the end: item assignment into a tensor costs
-    # a microsecond each, seconds at a 262k vocabulary
-    # bytearray: Python bools to bytes in C, no tensor per element
+    # each column decided in a Python list, then one tensor through a bytearray (Python bools
+    # to bytes in C): item assignment into a tensor costs a microsecond each, seconds at 262k ids
     as_tensor = lambda col: torch.frombuffer(bytearray(col), dtype=torch.bool) if col else torch.zeros(0, dtype=torch.bool)  # noqa: E731
     special = as_tensor([i in special_ids for i in range(len(texts))])
     textual = as_tensor([t != "" for t in texts]) & ~special
     columns = [special if cls.special else as_tensor(cls.decide(stripped)) & textual for cls in classes.values()]
-    member = torch.stack(columns, 1) if columns else torch.zeros(len(texts), 0, dtype=torch.bool)
+    member = torch.stack(columns, 1)  # the built-in classes: never no column
     partition = torch.zeros(len(texts), len(PARTITION), dtype=torch.bool)
     taken = torch.zeros(len(texts), dtype=torch.bool)
     for j, name in enumerate(PARTITION[:-1]):
